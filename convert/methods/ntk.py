@@ -1,0 +1,24 @@
+"""Static NTK-aware scaling (bloc97 2023; YaRN paper Def. 1): a larger base, b' = b·s^(d/(d−2)).
+
+The exponent makes the lowest frequency pair match PI exactly while the highest pairs stay almost untouched.
+"""
+from __future__ import annotations
+
+from ropeconvert.convert.methods._registry import rope_method
+from ropeconvert.convert.spec import BaseRope, RopeSpec, resolve_target
+
+
+@rope_method(
+    "ntk",
+    paper="https://arxiv.org/abs/2309.00071",
+    summary="static NTK-aware: new rope_theta = θ·s^(d/(d−2)), same at every length",
+    hf="new rope_theta, rope_type default",
+    gguf="rope.freq_base",
+)
+def ntk(base: BaseRope, *, factor: float | None = None, target_context: int | None = None) -> RopeSpec:
+    s, target = resolve_target(base, factor, target_context)
+    d = base.rotary_dim
+    return RopeSpec(
+        method="ntk", base=base, target_context=target,
+        rope_theta=base.rope_theta * s ** (d / (d - 2)), params={"factor": s},
+    )

@@ -1,0 +1,98 @@
+"""The HF writer: weights byte-identical to the source, config.json rewritten for the new rope.
+
+Weights are hard-linked (with link=True, on the same filesystem) or copied in a streamed, progress-reported copy;
+the shard index, tokenizer and generation files are carried over; config.json comes from formats/hf_config.py.
+Everything lands in a temporary directory that is renamed into place at the end (formats/output.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ropeconvert import __version__
+from ropeconvert.convert.spec import RopeSpec
+from ropeconvert.formats.hf_config import hf_config_for
+from ropeconvert.formats.output import atomic_output
+from ropeconvert.formats.source import read_config
+from ropeconvert.formats.tensors import index_weights
+
+CARRIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                 "chat_template.json", "LICENSE", "LICENSE.txt", "LICENSE.md")
+PROVENANCE_FILE = "ropeconvert.json"
+COPY_CHUNK = 16 * 1024 * 1024
+
+
+def export_config(spec: RopeSpec, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """config.json for the export, plus notes for the user about what else changed."""
+    new = hf_config_for(spec, config)
+    notes = []
+    window = config.get("sliding_window")
+    if config.get("model_type") == "mistral" and isinstance(window, int) and window < spec.target_context:
+        # Sliding-window attention would never see past `window` tokens; YaRN and Self-Extend disable it for
+        # long-context use (reference/methods.md pitfall 14).
+        new["sliding_window"] = None
+        notes.append(f"sliding_window {window} disabled so attention spans the extended context")
+    return new, notes
+
+
+def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = False, link: bool = False,
+                    progress: bool = True, provenance: dict[str, Any] | None = None,
+                    extra_files: dict[str, bytes] | None = None) -> tuple[Path, list[str]]:
+    """Write the export; returns its final path and notes. Nothing exists at `out` unless it all succeeded."""
+    config = read_config(src_dir)
+    new_config, notes = export_config(spec, config)
+    weights = index_weights(src_dir)  # validates every header before anything is written
+    to_copy = list(weights.files) + ([weights.index_file] if weights.index_file else [])
+    with atomic_output(out, force=force, directory=True) as tmp:
+        linked = _place_weights(to_copy, tmp, link=link, progress=progress)
+        for name in CARRIED_FILES:
+            if (src_dir / name).is_file():
+                shutil.copyfile(src_dir / name, tmp / name)
+        _extend_tokenizer_length(tmp / "tokenizer_config.json", spec)
+        (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
+        record = {"ropeconvert_version": __version__, "spec": spec.to_dict(), "notes": notes,
+                  "linked_weights": linked, **(provenance or {})}
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        final = Path(out).expanduser().absolute()
+    return final, notes
+
+
+def _place_weights(files: list[Path], tmp: Path, *, link: bool, progress: bool) -> bool:
+    """Hard-link when asked and possible (O(1)), else stream-copy with one progress bar over all bytes."""
+    if link:
+        try:
+            for f in files:
+                os.link(f, tmp / f.name)
+            return True
+        except OSError:  # another filesystem, or links not allowed: fall back to copying
+            for f in files:
+                (tmp / f.name).unlink(missing_ok=True)
+    total = sum(f.stat().st_size for f in files)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copy weights", disable=not progress) as bar:
+        for f in files:
+            with open(f, "rb") as src, open(tmp / f.name, "wb") as dst:
+                while chunk := src.read(COPY_CHUNK):
+                    dst.write(chunk)
+                    bar.update(len(chunk))
+    return False
+
+
+def _extend_tokenizer_length(path: Path, spec: RopeSpec) -> None:
+    """A tokenizer that caps inputs at the original length would hide the extension (vLLM reads it too)."""
+    if not path.is_file():
+        return
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # carried as is; the tokenizer's own loader will report it
+    if isinstance(cfg, dict) and cfg.get("model_max_length") == spec.original_context:
+        cfg["model_max_length"] = spec.target_context
+        path.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -1,0 +1,3 @@
+from ropeconvert.cli import main
+
+main()

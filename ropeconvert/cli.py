@@ -1,0 +1,160 @@
+"""The command line: a thin typer shell over convert/pipeline.py and friends.
+
+`ropeconvert MODEL --method M …` is the main command (the group forwards anything that is not a subcommand name to
+`convert`); subcommands: methods, inspect (and search, validate, publish, verify as they land). Errors become one line
+"error: <problem> — <fix>" and exit code 2; ROPECONVERT_DEBUG=1 shows tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from ropeconvert import __version__
+from ropeconvert.errors import RopeConvertError
+
+DEBUG_ENV = "ROPECONVERT_DEBUG"
+CONVERT_EXAMPLES = [
+    "ropeconvert smollm2-135m --method yarn --factor 2 --to hf --out smol-yarn-16k",
+    "ropeconvert mistral-7b --method longrope --factors factors.csv --target-context 65536 --to gguf",
+    "ropeconvert ./my-llama --method llama3 --factor 8 --original-context 8192",
+]
+
+
+class DefaultToConvert(TyperGroup):
+    """`ropeconvert MODEL …` means `ropeconvert convert MODEL …`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=DefaultToConvert, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Extend the context of a RoPE model (YaRN, LongRoPE, PI, NTK, Llama-3, …) and export it "
+                       "to HF and GGUF so that transformers, llama.cpp and vLLM run it with no extra flags.")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"ropeconvert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")):
+    pass
+
+
+@app.command(epilog="Examples:\n\n" + "\n\n".join(CONVERT_EXAMPLES))
+def convert(
+    model: str = typer.Argument(..., help="Alias (see `ropeconvert methods --models`), Hub id org/name, HF directory or .gguf file."),
+    method: str = typer.Option(..., "--method", "-m", help="Extension method (see `ropeconvert methods`)."),
+    to: str = typer.Option("hf", "--to", help="Export format: hf, gguf or both."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output path (default: MODEL-METHOD-NNk[.gguf])."),
+    factor: Optional[float] = typer.Option(None, "--factor", "-s", help="Scale s = target / original length (dynamic: α)."),
+    target_context: Optional[int] = typer.Option(None, "--target-context", "-t", help="Target length in tokens (instead of --factor)."),
+    original_context: Optional[int] = typer.Option(None, "--original-context", help="Override the trained length from the config."),
+    beta_fast: Optional[float] = typer.Option(None, help="yarn: rotations above which a pair is kept (default 32)."),
+    beta_slow: Optional[float] = typer.Option(None, help="yarn: rotations below which a pair is interpolated (default 1)."),
+    attention_factor: Optional[float] = typer.Option(None, help="yarn/longrope: replace the default attention factor."),
+    mscale: Optional[float] = typer.Option(None, help="yarn: DeepSeek-style mscale (with --mscale-all-dim)."),
+    mscale_all_dim: Optional[float] = typer.Option(None, help="yarn: DeepSeek-style mscale_all_dim."),
+    low_freq_factor: Optional[float] = typer.Option(None, help="llama3: low frequency factor (default 1)."),
+    high_freq_factor: Optional[float] = typer.Option(None, help="llama3: high frequency factor (default 4)."),
+    factors: Optional[Path] = typer.Option(None, "--factors", help="longrope: factor file (CSV, JSON, Phi-3 config.json, search output)."),
+    short_factors: Optional[Path] = typer.Option(None, "--short-factors", help="longrope: short factor file."),
+    allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone", help="longrope: accept non-monotone factors."),
+    replace_scaling: bool = typer.Option(False, "--replace-scaling", help="Replace rope scaling the source already has."),
+    link: bool = typer.Option(False, "--link", help="Hard-link weights instead of copying (same filesystem)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the source."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Extend MODEL's context with METHOD and export it."""
+    from ropeconvert.convert.pipeline import convert as run
+
+    knobs = dict(factor=factor, target_context=target_context, beta_fast=beta_fast, beta_slow=beta_slow,
+                 attention_factor=attention_factor, mscale=mscale, mscale_all_dim=mscale_all_dim,
+                 low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor, factors=factors,
+                 short_factors=short_factors, allow_non_monotone=allow_non_monotone or None)
+    result = run(model, method, to=to, out=out, knobs=knobs, original_context=original_context, force=force,
+                 link=link, replace_scaling=replace_scaling, revision=revision, progress=not quiet)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    s = result.spec
+    typer.echo(f"{s.method}: {s.original_context} → {s.target_context} tokens (s = {s.scale:g}), "
+               f"rope_theta {s.rope_theta:g}, attention factor {s.attention_factor:.6g}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for kind, path in result.outputs.items():
+        typer.echo(f"wrote {kind.upper()} export: {path}")
+
+
+@app.command()
+def methods(models: bool = typer.Option(False, "--models", help="List the model aliases instead.")):
+    """List the extension methods (with papers), or the model aliases."""
+    if models:
+        from ropeconvert.formats.source import ALIASES
+
+        for name, target in ALIASES.items():
+            typer.echo(f"{name:<18} {target}")
+        return
+    from ropeconvert.convert.methods import METHODS
+
+    for _, m in METHODS.items():
+        typer.echo(f"{m.name:<9} {m.summary}")
+        typer.echo(f"{'':<9} HF: {m.hf}; GGUF: {m.gguf}")
+        typer.echo(f"{'':<9} {m.paper}")
+
+
+@app.command()
+def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .gguf file."),
+            as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Show the rope a checkpoint carries: type, theta, factors, original/target length."""
+    from ropeconvert.formats.inspect import describe
+
+    info = describe(path)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:<22} {value}")
+
+
+def main() -> None:
+    debug = os.environ.get(DEBUG_ENV) not in (None, "", "0")
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: unknown option, missing argument, bad value
+        hint = " — see ropeconvert --help" if not isinstance(e, click.exceptions.NoArgsIsHelpError) else ""
+        typer.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        typer.echo("error: interrupted — nothing was written at the output path", err=True)
+        sys.exit(130)
+    except RopeConvertError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e.one_line()}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug: say so in one line, traceback on request
+        if debug:
+            raise
+        typer.echo(f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())[:200]}) — "
+                   f"this is a bug; rerun with {DEBUG_ENV}=1 for the traceback", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

