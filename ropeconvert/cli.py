@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer ≥ 0.24 vendors click; older releases use the click package itself
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 from ropeconvert import __version__
 from ropeconvert.errors import RopeConvertError
@@ -30,7 +34,7 @@ CONVERT_EXAMPLES = [
 class DefaultToConvert(TyperGroup):
     """`ropeconvert MODEL …` means `ropeconvert convert MODEL …`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["convert", *args]
         return super().parse_args(ctx, args)
@@ -133,14 +137,14 @@ def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .g
 def main() -> None:
     debug = os.environ.get(DEBUG_ENV) not in (None, "", "0")
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: unknown option, missing argument, bad value
-        hint = " — see ropeconvert --help" if not isinstance(e, click.exceptions.NoArgsIsHelpError) else ""
-        typer.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+        code = app(standalone_mode=False)  # returns the exit code of --help / typer.Exit
+    except click_exc.NoArgsIsHelpError as e:
+        typer.echo(e.format_message(), err=True)
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except click_exc.ClickException as e:  # usage errors: unknown option, missing argument, bad value
+        typer.echo(f"error: {' '.join(e.format_message().split())} — see ropeconvert --help", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("error: interrupted — nothing was written at the output path", err=True)
         sys.exit(130)
     except RopeConvertError as e:
@@ -154,6 +158,7 @@ def main() -> None:
         typer.echo(f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())[:200]}) — "
                    f"this is a bug; rerun with {DEBUG_ENV}=1 for the traceback", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
