@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ropeconvert import __version__
 from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.formats.hf_config import hf_config_for
+from ropeconvert.formats.manifest import MANIFEST_FILE, copy_and_hash, file_entries
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
 from ropeconvert.formats.tensors import index_weights
@@ -24,8 +25,6 @@ from ropeconvert.formats.tensors import index_weights
 CARRIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                  "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
                  "chat_template.json", "LICENSE", "LICENSE.txt", "LICENSE.md")
-PROVENANCE_FILE = "ropeconvert.json"
-COPY_CHUNK = 16 * 1024 * 1024
 
 
 def export_config(spec: RopeSpec, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -50,39 +49,40 @@ def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = F
     weights = index_weights(src_dir)  # validates every header before anything is written
     to_copy = list(weights.files) + ([weights.index_file] if weights.index_file else [])
     with atomic_output(out, force=force, directory=True) as tmp:
-        linked = _place_weights(to_copy, tmp, link=link, progress=progress)
+        hashes = _place_weights(to_copy, tmp, link=link, progress=progress)
         for name in CARRIED_FILES:
             if (src_dir / name).is_file():
                 shutil.copyfile(src_dir / name, tmp / name)
         _extend_tokenizer_length(tmp / "tokenizer_config.json", spec)
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
-        record = {"ropeconvert_version": __version__, "spec": spec.to_dict(), "notes": notes,
-                  "linked_weights": linked, **(provenance or {})}
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
-        final = Path(out).expanduser().absolute()
-    return final, notes
+        # the manifest: provenance, the spec, and sha256 per file (`ropeconvert verify` re-checks it)
+        record = {"ropeconvert_version": __version__, "spec": spec.to_dict(), "notes": notes,
+                  "linked_weights": link and all(h is None for h in hashes.values()), "source_path": str(src_dir),
+                  **(provenance or {}), "weights": sorted(hashes), "files": file_entries(tmp, hashes)}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return Path(out).expanduser().absolute(), notes
 
 
-def _place_weights(files: list[Path], tmp: Path, *, link: bool, progress: bool) -> bool:
-    """Hard-link when asked and possible (O(1)), else stream-copy with one progress bar over all bytes."""
+def _place_weights(files: list[Path], tmp: Path, *, link: bool, progress: bool) -> dict[str, str | None]:
+    """Hard-link when asked and possible (O(1), hash left to `verify`), else stream-copy and hash on the way,
+    with one progress bar over all bytes. Returns {file name: sha256 or None when linked}."""
     if link:
         try:
             for f in files:
                 os.link(f, tmp / f.name)
-            return True
+            return {f.name: None for f in files}
         except OSError:  # another filesystem, or links not allowed: fall back to copying
             for f in files:
                 (tmp / f.name).unlink(missing_ok=True)
     total = sum(f.stat().st_size for f in files)
+    hashes: dict[str, str | None] = {}
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copy weights", disable=not progress) as bar:
         for f in files:
             with open(f, "rb") as src, open(tmp / f.name, "wb") as dst:
-                while chunk := src.read(COPY_CHUNK):
-                    dst.write(chunk)
-                    bar.update(len(chunk))
-    return False
+                hashes[f.name] = copy_and_hash(src, dst, bar.update)
+    return hashes
 
 
 def _extend_tokenizer_length(path: Path, spec: RopeSpec) -> None:

@@ -134,6 +134,26 @@ def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .g
         typer.echo(f"{key:<22} {value}")
 
 
+@app.command()
+def verify(export: Path = typer.Argument(..., help="An export directory written by ropeconvert."),
+           quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report problems.")):
+    """Re-check an export against its manifest: sha256 per file, weights byte-identical to the source, rope = spec."""
+    from ropeconvert.errors import InputError
+    from ropeconvert.formats.manifest import verify_hf
+
+    if not export.is_dir():
+        raise InputError(f"{export} is not an export directory", "pass the directory ropeconvert wrote")
+    problems, done = verify_hf(export)
+    for line in ([] if quiet else done):
+        typer.echo(f"ok    {line}")
+    for line in problems:
+        typer.echo(f"FAIL  {line}")
+    if problems:
+        raise InputError(f"verification failed: {len(problems)} problem(s), first: {problems[0]}",
+                         "re-export, or restore the changed files")
+    typer.echo(f"{export}: intact")
+
+
 def main() -> None:
     debug = os.environ.get(DEBUG_ENV) not in (None, "", "0")
     try:

@@ -1,0 +1,131 @@
+"""Integrity: the manifest an HF export carries (sha256 per file, source, spec) and `ropeconvert verify`.
+
+The manifest lives in `ropeconvert.json` beside the weights. Weight hashes are computed while the weights are copied
+(a second thread hashes the chunks the copy just read, so hashing costs no extra pass). Hard-linked weights (`--link`)
+share their bytes with the source, so their hash is left null and `verify` compares them with the source instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from ropeconvert.errors import InputError
+
+MANIFEST_FILE = "ropeconvert.json"
+REPORT_FILES = ("report.json", "report.md", "README.md")  # written after the export; not part of the manifest
+CHUNK = 16 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy_and_hash(src: BinaryIO, dst: BinaryIO, on_chunk: Callable[[int], None] | None = None) -> str:
+    """Copy src to dst and return the sha256 of the bytes, hashing in a second thread (hashlib drops the GIL)."""
+    h = hashlib.sha256()
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+
+    def hasher():
+        while (chunk := chunks.get()) is not None:
+            h.update(chunk)
+
+    worker = threading.Thread(target=hasher, daemon=True)
+    worker.start()
+    try:
+        while chunk := src.read(CHUNK):
+            chunks.put(chunk)
+            dst.write(chunk)
+            if on_chunk:
+                on_chunk(len(chunk))
+    finally:
+        chunks.put(None)
+        worker.join()
+    return h.hexdigest()
+
+
+def file_entries(export_dir: Path, known: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """{name: {size, sha256}} for every file of the export; `known` holds hashes computed during the copy."""
+    entries = {}
+    for path in sorted(export_dir.iterdir()):
+        if not path.is_file() or path.name == MANIFEST_FILE:
+            continue
+        digest = known[path.name] if path.name in known else sha256_file(path)
+        entries[path.name] = {"size": path.stat().st_size, "sha256": digest}
+    return entries
+
+
+def load_manifest(export_dir: Path) -> dict[str, Any]:
+    path = export_dir / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{export_dir} has no {MANIFEST_FILE}", "only exports written by ropeconvert can be verified") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path} is not valid JSON", "the export is damaged; re-export it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise InputError(f"{path} has no file list", "re-export with this version of ropeconvert")
+    return data
+
+
+def verify_hf(export_dir: Path) -> tuple[list[str], list[str]]:
+    """Re-check an HF export; returns (problems, checks done). No problems means it is intact."""
+    from ropeconvert.convert.spec import RopeSpec
+    from ropeconvert.formats.hf_config import base_rope_from_config, spec_from_hf_config
+    from ropeconvert.formats.source import read_config
+
+    manifest = load_manifest(export_dir)
+    problems, done = [], []
+    source_dir = Path(manifest["source_path"]) if manifest.get("source_path") else None
+    for name, entry in manifest["files"].items():
+        path = export_dir / name
+        if Path(name).name != name or not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        if path.stat().st_size != entry.get("size"):
+            problems.append(f"{name}: size {path.stat().st_size} ≠ {entry.get('size')} in the manifest")
+            continue
+        digest = sha256_file(path)
+        if entry.get("sha256") is not None and digest != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest (the file changed after export)")
+        if name in manifest.get("weights", []) and source_dir is not None and (source_dir / name).is_file():
+            if sha256_file(source_dir / name) != digest:
+                problems.append(f"{name}: not byte-identical to the source {source_dir / name}")
+            else:
+                done.append(f"{name}: byte-identical to the source")
+        done.append(f"{name}: sha256 ok" if entry.get("sha256") else f"{name}: linked weights, compared with source")
+    extra = sorted(p.name for p in export_dir.iterdir() if p.is_file() and p.name not in manifest["files"]
+                   and p.name != MANIFEST_FILE and p.name not in REPORT_FILES and not p.name.endswith(".png"))
+    problems += [f"{name}: not in the manifest" for name in extra]
+    try:
+        expected = RopeSpec.from_dict(manifest["spec"])
+        config = read_config(export_dir)
+        written = spec_from_hf_config(config, original_context=expected.original_context)
+        if written is None:  # plain RoPE in config.json (static NTK): compare the base it carries
+            written = base_rope_from_config(config, expected.original_context)
+    except Exception as e:  # a damaged config or spec is a finding, not a crash
+        problems.append(f"config.json rope could not be read back: {' '.join(str(e).split())[:200]}")
+    else:
+        if expected.position_map is None and not _same_rope(expected, written):
+            problems.append("config.json rope differs from the spec in the manifest")
+        else:
+            done.append("config.json rope equals the spec")
+    return problems, done
+
+
+def _same_rope(spec, written) -> bool:
+    """Same frequencies at the original and target lengths, and the same attention factor."""
+    import numpy as np
+
+    for n in (spec.original_context, spec.target_context):
+        theirs = written.inv_freq(n) if hasattr(written, "attention_factor") else written.inv_freq()
+        if not np.allclose(spec.inv_freq(n), theirs, rtol=1e-9):
+            return False
+    return abs(spec.attention_factor - getattr(written, "attention_factor", 1.0)) < 1e-9

@@ -1,0 +1,74 @@
+"""Manifest and `ropeconvert verify`: intact exports pass, a flipped byte or a changed rope is caught."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import assert_one_line_error, run_cli, sha256
+
+
+@pytest.fixture
+def export(tiny_llama, tmp_path):
+    out = tmp_path / "exp"
+    assert run_cli(tiny_llama, "-m", "yarn", "-s", "4", "-o", out, "-q").returncode == 0
+    return out
+
+
+def test_manifest_lists_every_file_with_sha256(export, tiny_llama):
+    manifest = json.loads((export / "ropeconvert.json").read_text())
+    names = sorted(p.name for p in export.iterdir() if p.name != "ropeconvert.json")
+    assert sorted(manifest["files"]) == names
+    for name in names:
+        assert manifest["files"][name]["sha256"] == sha256(export / name)
+    assert manifest["weights"] == ["model.safetensors"] and manifest["source_path"] == str(tiny_llama)
+    assert manifest["spec"]["method"] == "yarn"
+
+
+def test_verify_intact(export):
+    proc = run_cli("verify", export)
+    assert proc.returncode == 0, proc.stderr
+    assert "byte-identical to the source" in proc.stdout and "rope equals the spec" in proc.stdout
+
+
+def test_verify_detects_flipped_byte(export):
+    weights = export / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    proc = run_cli("verify", export)
+    assert_one_line_error(proc, "verification failed", "model.safetensors: sha256 differs")
+    assert "not byte-identical to the source" in proc.stdout
+
+
+def test_verify_detects_changed_rope(export):
+    config = json.loads((export / "config.json").read_text())
+    config["rope_scaling"]["factor"] = 8.0
+    (export / "config.json").write_text(json.dumps(config))
+    proc = run_cli("verify", export)
+    assert_one_line_error(proc, "verification failed")
+    assert "FAIL  config.json: size" in proc.stdout and "rope differs from the spec" in proc.stdout
+
+
+def test_verify_linked_export(tiny_llama, tmp_path):
+    out = tmp_path / "linked"
+    assert run_cli(tiny_llama, "-m", "linear", "-s", "2", "-o", out, "--link", "-q").returncode == 0
+    manifest = json.loads((out / "ropeconvert.json").read_text())
+    assert manifest["files"]["model.safetensors"]["sha256"] is None  # O(1) export: compared with the source instead
+    proc = run_cli("verify", out)
+    assert proc.returncode == 0 and "byte-identical to the source" in proc.stdout
+
+
+def test_verify_ntk_export(tiny_llama, tmp_path):
+    out = tmp_path / "ntk"
+    assert run_cli(tiny_llama, "-m", "ntk", "-s", "2", "-o", out, "-q").returncode == 0
+    assert run_cli("verify", out).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    config["rope_theta"] = 10000.0
+    config["rope_scaling"]["rope_theta"] = 10000.0
+    (out / "config.json").write_text(json.dumps(config))
+    assert "rope differs" in run_cli("verify", out).stdout
+
+
+def test_verify_refuses_non_export(tiny_llama):
+    assert_one_line_error(run_cli("verify", tiny_llama), "has no ropeconvert.json")
