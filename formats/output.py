@@ -44,8 +44,10 @@ def atomic_output(out: Path, *, force: bool, directory: bool) -> Iterator[Path]:
         _commit(tmp, out)
     except BaseException as e:
         _remove(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"no space left on the device holding {out.parent}", "free some space or choose another --out") from None
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            why = "file size limit reached" if e.errno == errno.EFBIG else "no space left on the device"
+            raise OutputError(f"ran out of space writing {out} ({why} in {out.parent})",
+                              "free some space or choose another --out") from None
         if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise OutputError(f"cannot write {e.filename or out} ({os.strerror(e.errno)})", "choose another --out") from None
         raise

@@ -1,7 +1,7 @@
 """The command line: a thin typer shell over convert/pipeline.py and friends.
 
 `ropeconvert MODEL --method M …` is the main command (the group forwards anything that is not a subcommand name to
-`convert`); subcommands: methods, inspect (and search, validate, publish, verify as they land). Errors become one line
+`convert`); subcommands: methods, inspect, verify, publish (and search, validate as they land). Errors become one line
 "error: <problem> — <fix>" and exit code 2; ROPECONVERT_DEBUG=1 shows tracebacks.
 """
 from __future__ import annotations
@@ -81,9 +81,16 @@ def convert(
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the source."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    push: Optional[str] = typer.Option(None, "--push", metavar="ORG/NAME", help="Then publish to this Hub repo (needs a passed validation; the GGUF of --to both goes to ORG/NAME-GGUF)."),
+    private: bool = typer.Option(False, "--private", help="--push: create the Hub repo private."),
 ):
     """Extend MODEL's context with METHOD and export it."""
     from ropeconvert.convert.pipeline import convert as run
+
+    if push is not None:  # refuse a bad repo id or a missing token before the slow part
+        from ropeconvert.formats.hub import preflight
+
+        preflight(push)
 
     knobs = dict(factor=factor, target_context=target_context, beta_fast=beta_fast, beta_slow=beta_slow,
                  attention_factor=attention_factor, mscale=mscale, mscale_all_dim=mscale_all_dim,
@@ -101,6 +108,13 @@ def convert(
         typer.echo(f"note: {note}")
     for kind, path in result.outputs.items():
         typer.echo(f"wrote {kind.upper()} export: {path}")
+    if push is not None:  # publish refuses an export that was not validated (or failed): the card shows evidence
+        from ropeconvert.formats.hub import publish
+
+        for kind, path in result.outputs.items():
+            repo = push + "-GGUF" if kind == "gguf" and len(result.outputs) > 1 else push
+            for line in publish(path, repo, private=private, progress=not quiet, log=_note).lines():
+                typer.echo(line)
 
 
 @app.command()
@@ -154,10 +168,47 @@ def verify(export: Path = typer.Argument(..., help="An export directory written 
     typer.echo(f"{export}: intact")
 
 
+PUBLISH_EXAMPLES = [
+    "ropeconvert publish smollm2-135m-yarn-16k --repo my-org/smollm2-135m-yarn-16k --dry-run",
+    "ropeconvert publish smollm2-135m-yarn-16k.gguf --repo my-org/smollm2-135m-yarn-16k-GGUF --private",
+]
+
+
+@app.command(epilog="Examples:\n\n" + "\n\n".join(PUBLISH_EXAMPLES))
+def publish(
+    export: Path = typer.Argument(..., help="An export written by ropeconvert: HF directory or .gguf file."),
+    repo: str = typer.Option(..., "--repo", metavar="ORG/NAME", help="Hub repository (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing; default main)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write the card locally; upload nothing."),
+    skip_validation: bool = typer.Option(False, "--skip-validation", help="Publish without a passed validation; the card says so."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Publish an export to the Hugging Face Hub in one commit, with a model card built from its validation report.
+
+    The token comes from HF_TOKEN or `hf auth login` and is never printed or written anywhere."""
+    from ropeconvert.formats.hub import publish as run
+
+    result = run(export, repo, private=private, revision=revision, dry_run=dry_run, skip_validation=skip_validation,
+                 progress=not quiet, log=_note)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    for line in result.lines():
+        typer.echo(line)
+
+
+def _note(message: str) -> None:
+    typer.echo(f"note: {message}", err=True)
+
+
 def main() -> None:
     debug = os.environ.get(DEBUG_ENV) not in (None, "", "0")
     try:
         code = app(standalone_mode=False)  # returns the exit code of --help / typer.Exit
+        if code == 130:  # typer turns Ctrl-C into Exit(130); outputs were already rolled back on the way out
+            raise KeyboardInterrupt
     except click_exc.NoArgsIsHelpError as e:
         typer.echo(e.format_message(), err=True)
         sys.exit(2)

@@ -1,0 +1,121 @@
+"""Interrupted and failing runs: nothing at the final path, no leftovers elsewhere, and a re-run succeeds."""
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import assert_one_line_error, run_cli
+
+TRIALS_HF = 12
+
+
+def _start(args, tmpdir, **kw):
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    return subprocess.Popen([sys.executable, "-m", "ropeconvert", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _leftovers(parent, out):
+    return sorted(p.name for p in parent.iterdir() if p.name != out.name and ".ropeconvert-tmp-" not in p.name)
+
+
+@pytest.fixture(scope="module")
+def medium_llama(tmp_path_factory, smollm2_hf):
+    """~150 MB of random weights in 3 shards: big enough that kills land mid-copy, small enough for CI."""
+    from conftest import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("medium") / "medium", smollm2_hf, head_dim=64, layers=4,
+                           shard_size="60MB")
+
+
+def test_sigkill_at_random_moments_hf(medium_llama, tmp_path):
+    """SIGKILL at random moments of an export: the output is either absent or complete, never partial."""
+    rng = random.Random(1234)
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    args = [medium_llama, "-m", "yarn", "-s", "2", "-q"]
+    t0 = time.monotonic()
+    full = _start(args + ["-o", tmp_path / "timing"], tmpdir)
+    assert full.wait(timeout=300) == 0
+    duration = time.monotonic() - t0
+    outcomes = {"absent": 0, "complete": 0}
+    for trial in range(TRIALS_HF):
+        parent = tmp_path / f"trial{trial}"
+        parent.mkdir()
+        out = parent / "export"
+        proc = _start(args + ["-o", out], tmpdir)
+        time.sleep(rng.uniform(0.2, duration * 1.1))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if out.exists():  # finished before the kill: must be whole
+            outcomes["complete"] += 1
+            assert run_cli("verify", out, "-q").returncode == 0
+        else:
+            outcomes["absent"] += 1
+        assert _leftovers(parent, out) == []
+        assert list(tmpdir.iterdir()) == []  # nothing left outside the output's parent directory
+        rerun = run_cli(*args, "-o", out, "--force")
+        assert rerun.returncode == 0 and (out / "ropeconvert.json").is_file(), rerun.stderr
+    assert outcomes["absent"] >= TRIALS_HF // 3, outcomes  # most kills land mid-run
+
+
+def test_sigint_exits_cleanly(smollm2_hf, tmp_path):
+    out = tmp_path / "export"
+    proc = _start([smollm2_hf, "-m", "linear", "-s", "2", "-o", out], tmp_path)
+    # wait until the copy is under way (its progress bar appears on stderr), then press Ctrl-C
+    buf = ""
+    while "copy weights" not in buf:
+        ch = proc.stderr.read(1)
+        assert ch, "the export ended before the copy started"
+        buf += ch
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "error: interrupted" in rest and "Traceback" not in rest
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if ".ropeconvert-tmp-" in p.name] == []
+
+
+def test_file_size_limit_reports_the_path(tiny_llama, tmp_path):
+    """A real OS write failure (RLIMIT_FSIZE → EFBIG) mid-copy: one line naming the path, nothing left."""
+    out = tmp_path / "export"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "ropeconvert", tiny_llama, "-m", "linear", "-s", "2", "-o", out, "-q"],
+                          capture_output=True, text=True, preexec_fn=limit)
+    assert_one_line_error(proc, "ran out of space writing", str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_disk_full_in_process(tiny_llama, tmp_path, monkeypatch):
+    """ENOSPC from a failing file object: OutputError naming the path, no partial output."""
+    import errno
+
+    from ropeconvert.convert.methods import build_spec
+    from ropeconvert.errors import OutputError
+    from ropeconvert.formats import manifest
+    from ropeconvert.formats.hf import write_hf_export
+    from ropeconvert.formats.hf_config import base_rope_from_config
+    from ropeconvert.formats.source import read_config
+
+    real = manifest.copy_and_hash
+
+    def failing_copy(src, dst, on_chunk=None):
+        dst.write(src.read(1000))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("ropeconvert.formats.hf.copy_and_hash", failing_copy)
+    spec = build_spec("linear", base_rope_from_config(read_config(tiny_llama)), factor=2.0)
+    with pytest.raises(OutputError) as e:
+        write_hf_export(tiny_llama, spec, tmp_path / "x", progress=False)
+    assert "ran out of space writing" in e.value.one_line() and "no space left on the device" in e.value.one_line()
+    assert list(tmp_path.iterdir()) == [] and real is manifest.copy_and_hash
