@@ -74,7 +74,10 @@ def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None,
     result = ConvertResult(spec, source)
     from ropeconvert.formats.hf import write_hf_export
 
-    provenance = {"source": source.origin, "source_revision": source.revision}
+    from ropeconvert.formats.hub_base import license_of_source  # the card carries the base's licence (issue 5)
+
+    provenance = {"source": source.origin, "source_revision": source.revision, "source_name": source.name,
+                  "source_license": license_of_source(source.kind, source.path)}
     path, notes = write_hf_export(hf_checkpoint(source, progress), spec, out, force=force, link=link,
                                   progress=progress, provenance=provenance)
     result.outputs["hf"] = path

