@@ -1,0 +1,165 @@
+"""The upload path, end to end through the real CLI and huggingface_hub, against a local HTTP stand-in for the Hub
+(tests/hub_stub.py; tests cannot reach the Hub). The stub records every request."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import assert_one_line_error, run_cli
+from hub_fixtures import (FAKE_TOKEN, export_spec, hf_export, hub_base, hub_env, scan_for,  # noqa: F401
+                          write_gguf_export, write_report)
+from hub_stub import HubStub
+
+REPO = "acme/tiny-llama-yarn-512"
+
+
+@pytest.fixture
+def stub():
+    with HubStub(FAKE_TOKEN) as s:
+        yield s
+
+
+def publish(stub, tmp_path, export, *extra, repo=REPO, **env):
+    return run_cli("publish", export, "--repo", repo, *extra, env=hub_env(stub, tmp_path, **env))
+
+
+def run_cli_env(env: dict, *args):
+    """The CLI with os.environ overlaid by `env`, where a None value removes the variable (HF_TOKEN)."""
+    full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", "ropeconvert", *map(str, args)], capture_output=True, text=True,
+                          env=full, timeout=600)
+
+
+def local_files(export):
+    return {p.name: p.read_bytes() for p in export.iterdir() if p.is_file()}
+
+
+def test_first_publish_is_one_commit_with_every_file_and_no_token_anywhere(stub, tmp_path, hf_export):
+    # HF_DEBUG=1 makes huggingface_hub log every request it sends: the token must not be in that log either.
+    proc = publish(stub, tmp_path, hf_export, "--private", HF_DEBUG="1")
+    assert proc.returncode == 0, proc.stderr
+    assert [r.path for r in stub.requests if r.path == "/api/repos/create"] == ["/api/repos/create"]
+    assert stub.repos[REPO]["private"] is True
+    assert len(stub.commits) == 1
+    files = local_files(hf_export)  # README.md (the card) included: publish wrote it into the export
+    assert set(stub.commits[0].added) == set(files) and "README.md" in files and "ppl.png" in files
+    assert stub.files(REPO) == {**files, ".gitattributes": stub.files(REPO)[".gitattributes"]}  # byte-identical
+    assert "model.safetensors" in {p for p, (_, oid, _) in stub.repos[REPO]["branches"]["main"].items() if oid}
+    assert all(r.authorized for r in stub.requests if r.method == "POST")  # the token was sent to the Hub…
+    assert f"committed {len(files)} file(s)" in proc.stdout and f"{stub.url}/{REPO}/commit/" in proc.stdout
+    assert "Send: curl" in proc.stderr  # (the debug log really was on)
+    for text in (proc.stdout, proc.stderr):  # …and nowhere else: not printed, logged or written to any file
+        assert FAKE_TOKEN not in text
+    assert scan_for(FAKE_TOKEN, tmp_path) == []
+
+
+def test_republishing_unchanged_sends_nothing(stub, tmp_path, hf_export):
+    assert publish(stub, tmp_path, hf_export).returncode == 0
+    first = len(stub.requests)
+    proc = publish(stub, tmp_path, hf_export)
+    assert proc.returncode == 0, proc.stderr
+    again = stub.requests[first:]
+    assert [(r.method, r.path) for r in again if r.method != "GET"] == []  # only the tree was read
+    assert len(stub.commits) == 1 and f"{REPO}@main is up to date: no commit made" in proc.stdout
+
+
+def test_a_changed_export_sends_only_the_changes(stub, tmp_path, hf_export):
+    assert publish(stub, tmp_path, hf_export).returncode == 0
+    write_report(hf_export, export_spec(hf_export), scale=1.5)  # re-validated: report.json and the card change
+    (hf_export / "generation_config.json").unlink()  # a file the export no longer has leaves the repo too
+    proc = publish(stub, tmp_path, hf_export)
+    assert proc.returncode == 0, proc.stderr
+    second = stub.commits[1]
+    # the numbers moved, so the card, report.json and the perplexity plot changed; the passkey plot did not
+    assert sorted(second.added) == ["README.md", "ppl.png", "report.json"]
+    assert second.deleted == ["generation_config.json"]
+    assert stub.files(REPO)["README.md"] == (hf_export / "README.md").read_bytes()
+    assert f"{87.3456 * 1.5:.2f}".encode() in stub.files(REPO)["README.md"]
+
+
+def test_transient_5xx_is_retried(stub, tmp_path, hf_export):
+    stub.fail("POST", r"^/api/repos/create$", 502)
+    stub.fail("POST", r"/commit/main$", 503)
+    proc = publish(stub, tmp_path, hf_export)
+    assert proc.returncode == 0, proc.stderr
+    assert [r.status for r in stub.requests if r.path == "/api/repos/create"] == [502, 200]
+    assert [r.status for r in stub.requests if r.path.endswith("/commit/main")] == [503, 200]
+    assert len(stub.commits) == 1 and set(stub.commits[0].added) == set(local_files(hf_export))
+    assert "note: the Hub answered 502; retrying" in proc.stderr and "note: the Hub answered 503; retrying" in proc.stderr
+
+
+def test_persistent_5xx_is_one_line(stub, tmp_path, hf_export):
+    stub.fail("POST", r"/commit/main$", 503, times=100)
+    proc = publish(stub, tmp_path, hf_export, "--quiet")
+    proc_stderr = "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("note: "))
+    assert proc.returncode == 2 and len(proc_stderr.splitlines()) == 1, proc.stderr
+    assert proc_stderr.startswith("error: the Hub refused the upload to acme/tiny-llama-yarn-512 (503")
+    assert len([r for r in stub.requests if r.path.endswith("/commit/main")]) == 4  # one try, three retries
+    assert stub.commits == []
+
+
+@pytest.mark.parametrize("case", ["missing token", "invalid repo id", "no slash", "no report", "offline"])
+def test_bad_input_is_one_line_and_sends_nothing(stub, tmp_path, hf_export, case):
+    env, repo = hub_env(stub, tmp_path), REPO
+    if case == "missing token":
+        env, needles = {**env, "HF_TOKEN": None}, ("no Hugging Face token found", "HF_TOKEN")  # HF_HOME: no login
+    elif case == "invalid repo id":
+        repo, needles = "acme/bad--name", ("invalid Hub repo id 'acme/bad--name'",)
+    elif case == "no slash":
+        repo, needles = "tiny-llama", ("must be ORG/NAME",)
+    elif case == "no report":
+        (hf_export / "report.json").unlink()
+        needles = ("no validation report", "ropeconvert validate")
+    else:
+        env, needles = {**env, "HF_HUB_OFFLINE": "1"}, ("HF_HUB_OFFLINE",)
+    assert_one_line_error(run_cli_env(env, "publish", hf_export, "--repo", repo), *needles)
+    assert stub.requests == []
+
+
+def test_rejected_token_is_one_line(tmp_path, hf_export):
+    with HubStub("hf_theRealOneIsDifferent") as stub:
+        proc = publish(stub, tmp_path, hf_export)
+    assert_one_line_error(proc, "rejected the token (401")
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr and stub.commits == []
+
+
+def test_revision_commits_to_a_new_branch(stub, tmp_path, hf_export):
+    proc = publish(stub, tmp_path, hf_export, "--revision", "long-context")
+    assert proc.returncode == 0, proc.stderr
+    assert [c.branch for c in stub.commits] == ["long-context"]
+    assert set(stub.repos[REPO]["branches"]["main"]) == {".gitattributes"}
+    assert "README.md" in stub.files(REPO, "long-context")
+
+
+def test_gguf_export_publishes_file_report_and_card(stub, tmp_path):
+    from ropeconvert.convert.methods import build_spec
+    from ropeconvert.convert.spec import BaseRope
+
+    gguf_path = write_gguf_export(tmp_path / "smol-yarn-16k.gguf")
+    write_report(tmp_path / "smol-yarn-16k.report", build_spec("yarn", BaseRope(64, 64, 1e5, 8192), factor=2.0).to_dict())
+    proc = publish(stub, tmp_path, gguf_path, repo="acme/smol-yarn-16k-GGUF")
+    assert proc.returncode == 0, proc.stderr
+    files = stub.files("acme/smol-yarn-16k-GGUF")
+    assert files["smol-yarn-16k.gguf"] == gguf_path.read_bytes()
+    assert set(files) == {".gitattributes", "smol-yarn-16k.gguf", "README.md", "report.json", "report.md", "ppl.png",
+                          "passkey.png"}
+    assert b"library_name: gguf" in files["README.md"]
+
+
+def test_push_refuses_an_unvalidated_export_after_writing_it(stub, tmp_path, hub_base):
+    out = tmp_path / "pushed"
+    proc = run_cli(hub_base, "--method", "yarn", "--factor", "2", "--out", out, "--push", REPO, "--quiet",
+                   env=hub_env(stub, tmp_path))
+    assert_one_line_error(proc, "refusing to publish", "no validation report", "ropeconvert validate")
+    assert (out / "config.json").is_file() and stub.requests == []
+
+
+def test_push_with_a_bad_repo_id_fails_before_converting(stub, tmp_path, hub_base):
+    out = tmp_path / "never"
+    proc = run_cli(hub_base, "--method", "yarn", "--factor", "2", "--out", out, "--push", "not a repo",
+                   env=hub_env(stub, tmp_path))
+    assert_one_line_error(proc, "invalid Hub repo id")
+    assert not out.exists() and stub.requests == []
