@@ -50,9 +50,14 @@ def base_rope_from_config(config: dict[str, Any], original_context: int | None =
     rope = rope_dict(config)
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) or 1.0
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not math.isfinite(theta) or theta <= 1:
-        raise InputError(f"config.json: rope_theta must be a number > 1, got {theta!r}")
+    thetas = [t for t in (config.get("rope_theta"), rope.get("rope_theta")) if t is not None]
+    for t in thetas:
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 1:
+            raise InputError(f"config.json: rope_theta must be a number > 1, got {t!r}")
+    if len(thetas) == 2 and thetas[0] != thetas[1]:
+        raise InputError(f"config.json: top-level rope_theta {thetas[0]:g} disagrees with {thetas[1]:g} in the rope dict",
+                         "make them equal (runtimes differ in which one they read)")
+    theta = thetas[-1] if thetas else 10000.0  # transformers' default when a config names none
     if original_context is None:
         original_context = (
             rope.get("original_max_position_embeddings")
