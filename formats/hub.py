@@ -52,7 +52,8 @@ class PublishResult:
     files: list[PlannedFile]
     created: bool = False
     unchanged: bool = False
-    commit_url: str | None = None
+    commit_url: str | None = None  # None after a retry whose first commit landed with its reply lost
+    commit_sent: bool = False
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +74,7 @@ class PublishResult:
             out = [f"{where} is up to date: no commit made"]
         else:
             out = ([f"created {self.repo_id}"] if self.created else []) + \
-                  [f"committed {len(sent)} file(s), {total}, to {where}: {self.commit_url}"]
+                  [f"committed {len(sent)} file(s), {total}, to {where}" + (f": {self.commit_url}" if self.commit_url else "")]
             out += [f"  {f.action:<6} {f.path}" for f in sent]
         out.append(f"card      {self.card_path}" if self.dry_run else f"card: {self.card_path}")
         return out + [f"note: {n}" for n in self.notes]
@@ -170,10 +171,13 @@ def _push_once(api, exp: Export, files: dict[str, Path], result: PublishResult, 
         if path not in files and path not in KEEP_REMOTE:
             ops.append(CommitOperationDelete(path_in_repo=path))
             planned.append(PlannedFile(path, info.size, "delete"))
-    result.files = planned
     if not ops:
-        result.unchanged = True
+        if result.commit_sent:  # an earlier attempt's commit landed and only its reply was lost: not made twice
+            result.notes.append("the Hub applied the commit of an earlier attempt whose reply was lost")
+        else:
+            result.files, result.unchanged = planned, True
         return result
+    result.files, result.commit_sent = planned, True
     info = api.create_commit(result.repo_id, ops, commit_message=result.commit_message,
                              commit_description=_commit_description(exp), revision=revision)
     result.commit_url = info.commit_url

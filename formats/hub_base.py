@@ -118,7 +118,8 @@ def _from_hub(base_id: str, api) -> dict[str, str] | None:
         info = api.model_info(base_id)
     except (HfHubHTTPError, OSError, ValueError, *transport_errors()):  # missing, private, unreachable: unknown
         return None
-    card = dict(info.card_data or {}) if getattr(info, "card_data", None) is not None else {}
+    data = getattr(info, "card_data", None)
+    card = data.to_dict() if hasattr(data, "to_dict") else dict(data or {})  # ModelCardData is not a Mapping
     if card.get("license") is None:
         tags = [t for t in (info.tags or []) if t.startswith("license:")]
         card["license"] = tags[0].split(":", 1)[1] if tags else None

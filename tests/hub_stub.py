@@ -74,8 +74,10 @@ class HubStub:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail(self, method: str, path_regex: str, status: int = 503, times: int = 1) -> None:
-        self._faults.append([method, re.compile(path_regex), status, times])
+    def fail(self, method: str, path_regex: str, status: int = 503, times: int = 1, after: bool = False) -> None:
+        """Answer `status` to the next `times` matching requests; with after=True the request is applied first (the
+        reply is lost, not the request)."""
+        self._faults.append([method, re.compile(path_regex), status, times, after])
 
     def writes(self) -> list[Request]:
         return [r for r in self.requests if r.method in ("POST", "PUT", "DELETE") and r.path != "/api/validate-yaml"]
@@ -89,7 +91,12 @@ class HubStub:
         for fault in self._faults:
             if fault[0] == method and fault[1].search(path) and fault[3] > 0:
                 fault[3] -= 1
+                if fault[4]:
+                    self._route(method, path, query, headers, body)
                 return fault[2], {}, {"error": f"injected {fault[2]}"}
+        return self._route(method, path, query, headers, body)
+
+    def _route(self, method: str, path: str, query: dict, headers, body: bytes) -> tuple[int, dict, object]:
         auth = headers.get("authorization")
         anonymous_ok = method == "GET" or path.startswith("/__lfs/") or path == "/api/validate-yaml"
         if auth != f"Bearer {self._token}" and (auth is not None or not anonymous_ok):

@@ -91,6 +91,14 @@ def test_transient_5xx_is_retried(stub, tmp_path, hf_export):
     assert "note: the Hub answered 502; retrying" in proc.stderr and "note: the Hub answered 503; retrying" in proc.stderr
 
 
+def test_a_commit_whose_reply_was_lost_is_not_made_twice(stub, tmp_path, hf_export):
+    stub.fail("POST", r"/commit/main$", 504, after=True)  # the Hub applies the commit, the gateway loses the reply
+    proc = publish(stub, tmp_path, hf_export)
+    assert proc.returncode == 0, proc.stderr
+    assert len(stub.commits) == 1 and "note: the Hub answered 504; retrying" in proc.stderr
+    assert "reply was lost" in proc.stdout and f"committed {len(local_files(hf_export))} file(s)" in proc.stdout
+
+
 def test_persistent_5xx_is_one_line(stub, tmp_path, hf_export):
     stub.fail("POST", r"/commit/main$", 503, times=100)
     proc = publish(stub, tmp_path, hf_export, "--quiet")
@@ -163,3 +171,24 @@ def test_push_with_a_bad_repo_id_fails_before_converting(stub, tmp_path, hub_bas
                    env=hub_env(stub, tmp_path))
     assert_one_line_error(proc, "invalid Hub repo id")
     assert not out.exists() and stub.requests == []
+
+
+def test_dry_run_online_sends_nothing(stub, tmp_path, hf_export):
+    proc = publish(stub, tmp_path, hf_export, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert stub.writes() == [] and stub.repos == {} and "dry run: nothing was uploaded" in proc.stdout
+
+
+def test_licence_from_the_hub_when_the_base_files_do_not_say(tmp_path, smollm2_hf):
+    from hub_fixtures import BASE_ID, cached_base, make_export
+
+    source = cached_base(tmp_path / "cache", smollm2_hf)
+    (source / "README.md").unlink()  # as after a Hub download (README is not fetched): the licence is not local
+    export = make_export(tmp_path, source)
+    write_report(export, export_spec(export))
+    with HubStub(FAKE_TOKEN, base_models={BASE_ID: {"license": "llama3.1"}}) as stub:
+        proc = publish(stub, tmp_path, export)
+    assert proc.returncode == 0, proc.stderr
+    assert ("GET", f"/api/models/{BASE_ID}") in [(r.method, r.path) for r in stub.requests]
+    card = stub.files(REPO)["README.md"].decode()
+    assert "\nlicense: llama3.1\n" in card and "could not be determined" not in card
