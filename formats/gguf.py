@@ -1,0 +1,176 @@
+"""HF → GGUF export, streamed: every tensor info is registered first, then tensors are converted and written one at
+a time (gguf's add_tensor_info / write_tensor_data, as its gguf_new_metadata script does), so peak memory is about
+one tensor whatever the model size (bench/gguf_memory.py measures it).
+
+Names go through gguf's own HF→GGUF tensor map, restricted to the tensors the arch really has. The llama arch runs
+llama.cpp's NORM (interleaved-pair) rope, so Q/K rows are permuted from HF's rotate-half order; qwen2/qwen3/phi3 run
+NEOX rope and take the weights as they are. 1-D tensors (norms, biases) stay F32, as llama.cpp's converter keeps
+them; q8_0 falls back to f16 for a tensor whose rows do not split into 32-value blocks, as that converter does.
+The rope comes from formats/gguf_rope.py and the tokenizer from formats/gguf_tokenizer.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from gguf import (GGML_QUANT_VERSION, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSORS, GGMLQuantizationType, GGUFWriter,
+                  LlamaFileType, get_tensor_name_map, quants)
+from tqdm import tqdm
+
+from ropeconvert.convert.spec import RopeSpec
+from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
+from ropeconvert.formats.gguf_tokenizer import add_tokenizer
+from ropeconvert.formats.output import atomic_output
+from ropeconvert.formats.source import read_config
+from ropeconvert.formats.tensors import index_weights, read_tensor
+
+Q = GGMLQuantizationType
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
+    "f32": (Q.F32, LlamaFileType.ALL_F32), "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16), "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+}
+_ARCH_ENUM = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    hf_name: str
+    gguf_name: str
+    shape: tuple[int, ...]  # numpy order (rows, cols)
+    qtype: GGMLQuantizationType
+    load: Callable[[], np.ndarray]
+    n_head: int | None = None  # set for llama-arch Q/K: rows are permuted for the interleaved rope
+
+    @property
+    def byte_shape(self) -> tuple[int, ...]:
+        return tuple(quants.quant_shape_to_byte_shape(self.shape, self.qtype))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.byte_shape))
+
+
+def gguf_arch_for(config: dict[str, Any]) -> str:
+    model_type = config.get("model_type")
+    if model_type not in GGUF_ARCH:
+        raise UnsupportedError(f"GGUF export does not support model_type={model_type!r}",
+                               f"supported: {', '.join(GGUF_ARCH)}; or export --to hf")
+    return GGUF_ARCH[model_type]
+
+
+def check_outtype(outtype: str) -> tuple[GGMLQuantizationType, LlamaFileType]:
+    if outtype not in OUTTYPES:
+        raise UnsupportedError(f"unknown --outtype {outtype!r}", f"choose one of: {', '.join(OUTTYPES)}")
+    return OUTTYPES[outtype]
+
+
+def plan_tensors(hf_dir: Path, config: dict[str, Any], arch: str, outtype: str) -> list[TensorPlan]:
+    """Every weight's GGUF name, shape and type, read from the safetensors headers alone (no tensor data)."""
+    qtype, _ = check_outtype(outtype)
+    n_layers = int(config["num_hidden_layers"])
+    arch_enum = _ARCH_ENUM[arch]
+    names = get_tensor_name_map(arch_enum, n_layers)
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    index = index_weights(hf_dir)
+    plans = []
+    for hf_name, info in index.tensors.items():
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed by every runtime from the rope metadata
+        if hf_name == "lm_head.weight" and config.get("tie_word_embeddings") and "model.embed_tokens.weight" in index.tensors:
+            continue  # llama.cpp reuses token_embd when output.weight is absent
+        found = names.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if found is None or found[0] not in MODEL_TENSORS[arch_enum]:
+            raise UnsupportedError(f"tensor {hf_name!r} has no place in a {arch} GGUF",
+                                   "the checkpoint has layers llama.cpp's architecture lacks; export --to hf")
+        shape = tuple(info.shape)
+        t = Q.F32 if len(shape) == 1 else qtype
+        if t == Q.Q8_0 and shape[-1] % quants.GGML_QUANT_SIZES[Q.Q8_0][0]:
+            t = Q.F16  # rows must split into whole 32-value blocks
+        n_head = None
+        if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            n_head = heads
+        elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            n_head = kv_heads
+        plans.append(TensorPlan(hf_name, found[1], shape, t, lambda info=info: read_tensor(info), n_head))
+    if not plans:
+        raise InputError(f"{hf_dir} holds no weights")
+    return plans
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rows → llama.cpp's interleaved pairs, per head (the inverse of gguf_read.unpermute)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def convert_tensor(plan: TensorPlan) -> np.ndarray:
+    arr = np.asarray(plan.load(), dtype=np.float32)
+    if tuple(arr.shape) != plan.shape:
+        raise InputError(f"tensor {plan.hf_name!r} changed shape while reading", "the checkpoint is being modified")
+    if plan.n_head is not None:
+        arr = permute_qk(arr, plan.n_head)
+    if plan.qtype == Q.F32:
+        return np.ascontiguousarray(arr)
+    if plan.qtype == Q.F16:
+        return arr.astype(np.float16)
+    return quants.quantize(arr, plan.qtype)  # BF16 / Q8_0 as raw bytes
+
+
+def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str = "f16", static: bool = False,
+                      force: bool = False, progress: bool = True, name: str | None = None) -> tuple[Path, list[str]]:
+    """Write `hf_dir` with `spec`'s rope as one GGUF file at `out`; returns its path and notes for the user."""
+    config = read_config(hf_dir)
+    arch = gguf_arch_for(config)
+    _, file_type = check_outtype(outtype)
+    rope = gguf_rope(spec, arch, static)  # refuses what the arch cannot express before any work
+    plans = plan_tensors(hf_dir, config, arch, outtype)
+    notes = list(rope.notes)
+    with atomic_output(out, force=force, directory=False) as tmp:
+        writer = GGUFWriter(str(tmp), arch)
+        try:
+            if name:
+                writer.add_name(name)
+            _add_hparams(writer, config, arch)
+            writer.add_file_type(int(file_type))
+            writer.add_quantization_version(GGML_QUANT_VERSION)
+            add_rope(writer, rope, spec)
+            add_tokenizer(writer, hf_dir, int(config["vocab_size"]))
+            for tname, arr in rope.tensors.items():
+                writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
+            for p in plans:
+                raw = None if p.qtype in (Q.F32, Q.F16) else p.qtype
+                dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(p.qtype, np.uint8)
+                writer.add_tensor_info(p.gguf_name, p.byte_shape if raw else p.shape, np.dtype(dtype), p.nbytes, raw)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for arr in rope.tensors.values():
+                writer.write_tensor_data(arr)
+            for p in tqdm(plans, desc="write GGUF", unit="tensor", disable=not progress):
+                writer.write_tensor_data(convert_tensor(p))  # the converted tensor is freed before the next one
+        finally:
+            writer.close()
+        final = Path(out).expanduser().absolute()
+    return final, notes
+
+
+def _add_hparams(writer: GGUFWriter, config: dict[str, Any], arch: str) -> None:
+    """The architecture keys llama.cpp's loader requires (the rope keys come from gguf_rope)."""
+    heads = int(config["num_attention_heads"])
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_vocab_size(int(config["vocab_size"]))
+    if config.get("head_dim"):
+        writer.add_key_length(int(config["head_dim"]))
+        writer.add_value_length(int(config["head_dim"]))
+    if arch == "phi3":
+        writer.add_sliding_window(int(config.get("sliding_window") or 0))

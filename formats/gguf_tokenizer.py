@@ -1,0 +1,176 @@
+"""The tokenizer of an HF checkpoint, written as GGUF `tokenizer.ggml.*` metadata.
+
+Three kinds, in the order llama.cpp's own converter tries them for Llama-family models:
+- SentencePiece (`tokenizer.model`, a protobuf, read with the sentencepiece library): model "llama", pre "default".
+- a byte-fallback BPE `tokenizer.json` without `tokenizer.model` (Llama-2/Mistral fast tokenizers): gguf's LlamaHfVocab.
+- a byte-level (GPT-2 style) BPE `tokenizer.json`: model "gpt2" + merges + `tokenizer.ggml.pre`.
+
+llama.cpp recognises a BPE pre-tokenizer (its split regex) by a *name* that its converter derives from the sha256 of
+the token ids a tokenizer gives for one fixed probe text (`get_vocab_base_pre` in the vendored converter). The probe
+text and the hashes of the families we support are that converter's; an unknown hash is refused, because a wrong
+`pre` silently tokenizes differently. Special token ids, add_bos/add_eos and the chat template go through gguf's
+`SpecialVocab`; add_bos/add_eos are then set from what the HF tokenizer really does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFWriter, LlamaHfVocab, SpecialVocab, TokenType
+
+from ropeconvert.errors import InputError, UnsupportedError
+
+# fixed probe text of llama.cpp's convert_hf_to_gguf.py `get_vocab_base_pre` (its hashes are over these ids)
+PROBE = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ '
+         '🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ '
+         '------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, '
+         '\'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL')
+PRE_BY_HASH = {  # sha256(str(ids)) → tokenizer.ggml.pre, from the vendored converter (reference model in comment)
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # HuggingFaceTB/SmolLM-135M
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # meta-llama/Meta-Llama-3-8B
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen/Qwen1.5-7B (Qwen2/2.5)
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen/Qwen3-Embedding-0.6B
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # mistralai/Mistral-Nemo-Base-2407
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
+}
+# A vocabulary the table does not know can still use a known split regex (e.g. a Qwen2 tokenizer class over another
+# vocab): the original tokenizer.json regexes llama.cpp's src/llama-vocab.cpp implements for each pre type.
+PRE_BY_REGEX = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+}
+
+
+def add_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> str:
+    """Write the tokenizer of `hf_dir` (padded to the model's vocab_size); returns a one-word description."""
+    tok = _load_hf_tokenizer(hf_dir)
+    tj = _read_json(hf_dir / "tokenizer.json")
+    model = (tj or {}).get("model", {})
+    if (hf_dir / "tokenizer.model").is_file():
+        kind, bpe = "sentencepiece", False
+        tokens, scores, types = _sentencepiece_vocab(hf_dir, tj, vocab_size)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_scores(scores)
+    elif model.get("type") == "BPE" and model.get("byte_fallback"):
+        kind, bpe = "llama-hf", False
+        vocab = LlamaHfVocab(hf_dir)
+        tokens, scores, types = map(list, zip(*vocab.all_tokens()))
+        _pad(tokens, types, vocab_size, scores)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_scores(scores)
+    elif model.get("type") == "BPE" and (tj.get("decoder") or {}).get("type") == "ByteLevel":
+        kind, bpe = "bpe", True
+        tokens, types = _bpe_vocab(tj, vocab_size)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(_pre_tokenizer(tok, hf_dir))
+    else:
+        raise UnsupportedError(f"{hf_dir}: tokenizer type {model.get('type') or 'unknown'!r} cannot be written to GGUF",
+                               "supported: SentencePiece (tokenizer.model) and BPE tokenizer.json")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = SpecialVocab(hf_dir, load_merges=bpe, n_vocab=len(tokens))
+    special.add_special_token.update(_adds_special(tok))  # what the tokenizer really does, not a guess from files
+    special.add_to_gguf(writer, quiet=True)
+    return kind
+
+
+def _load_hf_tokenizer(hf_dir: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
+    except Exception as e:
+        raise InputError(f"{hf_dir}: the tokenizer does not load ({type(e).__name__}: {str(e)[:120]})",
+                         "give a checkpoint with tokenizer.json or tokenizer.model") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _pre_tokenizer(tok, hf_dir: Path) -> str:
+    digest = hashlib.sha256(str(tok.encode(PROBE)).encode()).hexdigest()
+    pre = PRE_BY_HASH.get(digest) or _pre_by_regex(tok)
+    if pre is None:
+        raise UnsupportedError(
+            f"{hf_dir}: unknown BPE pre-tokenizer (probe hash {digest[:12]}…), so llama.cpp would split text differently",
+            f"supported BPE families: {', '.join(sorted(set(PRE_BY_HASH.values())))}; export --to hf for other models")
+    return pre
+
+
+def _pre_by_regex(tok) -> str | None:
+    """The pre type whose split regex the loaded tokenizer uses (only when it is one Split + ByteLevel without regex)."""
+    try:
+        pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    except (AttributeError, ValueError):
+        return None
+    steps = pre.get("pretokenizers", [pre])
+    splits = [s for s in steps if s.get("type") == "Split"]
+    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    if len(splits) != 1 or len(steps) != 2 or len(byte_level) != 1 or byte_level[0].get("use_regex"):
+        return None
+    return PRE_BY_REGEX.get((splits[0].get("pattern") or {}).get("Regex"))
+
+
+def _bpe_vocab(tj: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
+    """Tokens by id; added tokens are CONTROL when special (llama.cpp then never splits them) else USER_DEFINED."""
+    by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in tj["model"]["vocab"].items()}
+    for added in tj.get("added_tokens", []):
+        kind = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
+        by_id[int(added["id"])] = (added["content"], kind)
+    if max(by_id) >= vocab_size:
+        raise InputError(f"tokenizer has token id {max(by_id)} but the model's vocab_size is {vocab_size}",
+                         "the tokenizer does not belong to this model")
+    tokens = [by_id[i][0] if i in by_id else f"[PAD{i}]" for i in range(vocab_size)]
+    types = [int(by_id[i][1]) if i in by_id else int(TokenType.UNUSED) for i in range(vocab_size)]
+    return tokens, types
+
+
+def _sentencepiece_vocab(hf_dir: Path, tj: dict | None, vocab_size: int):
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    sp.LoadFromFile(str(hf_dir / "tokenizer.model"))
+    tokens: list[bytes] = [f"[PAD{i}]".encode() for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [int(TokenType.UNUSED)] * vocab_size
+    for i in range(min(sp.vocab_size(), vocab_size)):
+        kind = (TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
+                else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else TokenType.NORMAL)
+        tokens[i], scores[i], types[i] = sp.IdToPiece(i).encode("utf-8"), sp.GetScore(i), int(kind)
+    for added in (tj or {}).get("added_tokens", []):  # tokens added on top of the .model (chat markers etc.)
+        i = int(added["id"])
+        if i < vocab_size:
+            tokens[i], scores[i] = added["content"].encode("utf-8"), -1000.0
+            types[i] = int(TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED)
+    return tokens, scores, types
+
+
+def _pad(tokens: list, types: list, vocab_size: int, scores: list) -> None:
+    if len(tokens) > vocab_size:
+        raise InputError(f"tokenizer has {len(tokens)} tokens but the model's vocab_size is {vocab_size}",
+                         "the tokenizer does not belong to this model")
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]".encode())
+        types.append(int(TokenType.UNUSED))
+        scores.append(-1000.0)
+
+
+def _adds_special(tok) -> dict[str, bool]:
+    ids = tok("a")["input_ids"]
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    return {"bos": bos is not None and ids[:1] == [bos], "eos": eos is not None and len(ids) > 1 and ids[-1] == eos}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path} is not valid JSON", "re-download the tokenizer files") from None
