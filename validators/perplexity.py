@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,6 +66,14 @@ def token_nll(model: nn.Module, input_ids: list[int] | torch.Tensor, n_targets: 
     return nll.double().cpu().numpy(), None if top1 is None else top1.cpu().numpy()
 
 
+def _scorer(model) -> Callable[[list[int], int, int | None], np.ndarray]:
+    """Per-token NLL of a window: from a transformers model, or from any object with `token_nll(ids, n_targets)`
+    (the llama.cpp runtime), so the same protocol code scores both runtimes."""
+    if isinstance(model, nn.Module):
+        return lambda ids, n, chunk: token_nll(model, ids, n_targets=n, chunk=chunk)[0]
+    return lambda ids, n, chunk: model.token_nll(ids, n)
+
+
 def windows(seq_len: int, length: int, stride: int, add_bos: bool, truncate: bool,
             max_windows: int | None = None) -> list[tuple[int, int, int]]:
     """(begin, end, n_targets) of each window, exactly the loop of the reference code."""
@@ -81,15 +90,16 @@ def windows(seq_len: int, length: int, stride: int, add_bos: bool, truncate: boo
     return out
 
 
-def document_ppl(model: nn.Module, ids: list[int], length: int, *, bos_id: int | None, stride: int = 256,
+def document_ppl(model, ids: list[int], length: int, *, bos_id: int | None, stride: int = 256,
                  truncate: bool = True, max_windows: int | None = None, chunk: int | None = None,
                  progress=None) -> float:
     """One document's perplexity at window `length` (exp of the mean of window-mean NLLs)."""
     add_bos = bos_id is not None
+    score = _scorer(model)
     window_means = []
     for begin, end, trg in windows(len(ids), length, stride, add_bos, truncate, max_windows):
         window = ([bos_id] if add_bos else []) + list(ids[begin:end])
-        nll, _ = token_nll(model, window, n_targets=trg, chunk=chunk)
+        nll = score(window, trg, chunk)
         window_means.append(float(nll.mean()))
         if progress is not None:
             progress.update(1)
@@ -103,7 +113,7 @@ class PplResult:
     per_document: dict[str, list[float | None]] = field(default_factory=dict)
 
 
-def sweep(model: nn.Module, documents: dict[str, list[int]], lengths: list[int], *, bos_id: int | None,
+def sweep(model, documents: dict[str, list[int]], lengths: list[int], *, bos_id: int | None,
           stride: int = 256, truncate: bool = True, max_windows: int | None = 10, chunk: int | None = None,
           progress: bool = True, label: str = "ppl") -> PplResult:
     """Perplexity of every document at every length. A document shorter than a window is skipped at that length

@@ -146,6 +146,18 @@ class Runtime:
         ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
         return {i for i in ids if i is not None}
 
+    kind = "transformers"
+
+    @property
+    def scorer(self) -> nn.Module:
+        """What perplexity.sweep takes: the model itself (its hidden states feed the chunked head)."""
+        return self.model
+
+    def greedy(self, input_ids: list[int], max_new_tokens: int) -> list[int]:
+        from ropeconvert.validators.generate import greedy
+
+        return greedy(self.model, input_ids, max_new_tokens, self.eos_ids)
+
     def describe(self) -> dict:
         import transformers
 

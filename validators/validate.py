@@ -1,0 +1,227 @@
+"""`ropeconvert validate`: base vs extended on the same tokens and prompts, then report.json + plots + report.md.
+
+One model is in memory at a time: the extended export is loaded as a user would (stock transformers for an HF
+export, llama.cpp for a GGUF), measured, freed; then the base. Both see the same token ids (tokenised once with the
+extended model's tokenizer) and the same seeded passkey/needle prompts.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ropeconvert.errors import InputError, UnknownNameError
+from ropeconvert.registry import Registry
+from ropeconvert.validators import report as R
+
+TASKS: Registry[str] = Registry("validation task")
+for _name, _what in {"ppl": "sliding-window perplexity", "passkey": "landmark passkey retrieval",
+                     "niah": "DPE 4-needle retrieval"}.items():
+    TASKS.register(_name, _what)
+TASKS.freeze()
+DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+
+
+@dataclass
+class Options:
+    tasks: tuple[str, ...] = ("ppl", "passkey")
+    lengths: tuple[int, ...] | None = None  # default: original/2, original, target
+    passkey_lengths: tuple[int, ...] | None = None  # default: lengths
+    niah_lengths: tuple[int, ...] | None = None
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    trials: int = 2
+    niah_samples: int = 2
+    documents: int = 2
+    corpus: str = "austen"  # a corpus name or a --text path
+    dataset: str | None = None
+    truncate: bool = True
+    stride: int = 256
+    max_windows: int = 10
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        for name in self.tasks:
+            if name not in TASKS:
+                raise UnknownNameError(TASKS.unknown_message(name), f"choose from: {', '.join(TASKS)}")
+        for label, values in (("--lengths", self.lengths), ("--passkey-lengths", self.passkey_lengths),
+                              ("--niah-lengths", self.niah_lengths)):
+            if values is not None and (not values or any(v < 16 for v in values)):
+                raise InputError(f"{label} must be token counts ≥ 16, got {list(values)}", "e.g. --lengths 4096,8192,16384")
+        if any(not 0 <= d <= 1 for d in self.depths) or not self.depths:
+            raise InputError(f"--depths must lie in [0, 1], got {list(self.depths)}", "e.g. --depths 0.1,0.5,0.9")
+        for label, value in (("--trials", self.trials), ("--documents", self.documents),
+                             ("--niah-samples", self.niah_samples), ("--stride", self.stride),
+                             ("--max-windows", self.max_windows)):
+            if value < 1:
+                raise InputError(f"{label} must be ≥ 1, got {value}")
+
+
+def export_info(export: Path) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """(kind, spec dict or None, provenance) of an HF export directory or a GGUF file."""
+    export = Path(export)
+    if export.is_dir():
+        if not (export / "config.json").is_file():
+            raise InputError(f"{export} has no config.json", "pass an export made by ropeconvert (HF directory or .gguf)")
+        manifest = export / "ropeconvert.json"
+        provenance = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        spec = provenance.get("spec")
+        if spec is None:
+            from ropeconvert.formats.hf_config import spec_from_hf_config
+            from ropeconvert.formats.source import read_config
+
+            found = spec_from_hf_config(read_config(export))
+            spec = None if found is None else found.to_dict()
+        return "hf", spec, provenance
+    if export.is_file():
+        from ropeconvert.formats.gguf_read import open_gguf
+        from ropeconvert.formats.gguf_rope import spec_from_gguf
+
+        found = spec_from_gguf(open_gguf(export))
+        return "gguf", None if found is None else found.to_dict(), {}
+    raise InputError(f"export {export} does not exist", "pass the HF directory or .gguf file that ropeconvert wrote")
+
+
+def default_base(provenance: dict[str, Any]) -> str:
+    for key in ("source_path", "source"):
+        value = provenance.get(key)
+        if isinstance(value, str) and (key == "source" or Path(value).exists()):
+            return value
+    raise InputError("no base model given and the export does not record its source", "pass --base MODEL")
+
+
+def _documents(opts: Options):
+    from ropeconvert.validators import corpus
+
+    if opts.dataset:
+        return opts.dataset, corpus.dataset(opts.dataset, limit=max(opts.documents, 8))
+    return Path(opts.corpus).name if Path(opts.corpus).exists() else opts.corpus, corpus.load(opts.corpus)
+
+
+def _open(path: str | Path, kind: str, device: str | None, progress: bool):
+    if kind == "gguf":
+        from ropeconvert.formats.source import resolve
+        from ropeconvert.validators.gguf_runtime import GgufRuntime
+
+        src = resolve(str(path), progress=progress)
+        if src.kind == "gguf":
+            return GgufRuntime(src.path)
+    from ropeconvert.validators import runtime
+
+    rt = runtime.load(path, device=device, progress=progress)
+    if kind == "gguf":  # an HF base for a GGUF export: say plainly that two runtimes are compared
+        rt.notes.append("the base ran in transformers (it is not a GGUF); the extended GGUF ran in llama.cpp")
+    return rt
+
+
+def original_context(spec: dict[str, Any] | None, rt) -> int:
+    """The base's trained length: from the export's spec, else what the runtime reads from the model."""
+    if spec:
+        return int(spec["base"]["original_context"])
+    return int(rt.base.original_context if hasattr(rt, "base") else rt.n_ctx_train)
+
+
+def _measure(rt, label: str, opts: Options, lengths, doc_ids, haystack) -> dict[str, Any]:
+    from ropeconvert.validators import niah, passkey, perplexity
+
+    out: dict[str, Any] = {}
+    if "ppl" in opts.tasks:
+        out["ppl"] = perplexity.sweep(rt.scorer, doc_ids, list(lengths["ppl"]), bos_id=rt.bos_id, stride=opts.stride,
+                                      truncate=opts.truncate, max_windows=opts.max_windows, progress=opts.progress,
+                                      label=f"{label} ppl")
+    if "passkey" in opts.tasks:
+        out["passkey"] = passkey.run(rt, list(lengths["passkey"]), list(opts.depths), opts.trials, seed=opts.seed,
+                                     progress=opts.progress, label=f"{label} passkey")
+    if "niah" in opts.tasks:
+        out["niah"] = niah.run(rt, haystack, list(lengths["niah"]), opts.niah_samples, seed=opts.seed,
+                               progress=opts.progress, label=f"{label} niah")
+    return out
+
+
+def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, Any], Path]:
+    """Measure base and extended, write the report into the export (or beside a GGUF); returns (report, path)."""
+    opts.check()
+    export = Path(export).expanduser().absolute()
+    kind, spec, provenance = export_info(export)
+    base = base or default_base(provenance)
+    corpus_name, docs = _documents(opts)
+    ext = _open(export, kind, opts.device, opts.progress)
+    original = original_context(spec, ext)
+    target = (spec or {}).get("target_context")
+    base_lengths = opts.lengths or tuple(sorted({max(16, original // 2), original, target or 2 * original}))
+    lengths = {"ppl": base_lengths, "passkey": opts.passkey_lengths or base_lengths,
+               "niah": opts.niah_lengths or base_lengths}
+    # tokenise once, only as much of each document as the sweep can use, with the extended model's tokenizer
+    from ropeconvert.validators.perplexity import tokens_needed
+
+    need = tokens_needed(list(lengths["ppl"]), opts.stride, opts.truncate, opts.max_windows)
+    chars = need * 12 if need < 1 << 40 else None  # ~4 chars/token in English; generous margin
+    doc_ids = {}
+    for d in docs:
+        if len(doc_ids) >= opts.documents:
+            break
+        ids = ext.tokenizer(d.text[:chars], add_special_tokens=False).input_ids
+        if "ppl" not in opts.tasks or len(ids) >= min(lengths["ppl"]) - 1:
+            doc_ids[d.name] = ids
+    haystack = "\n\n".join(d.text for d in docs)
+    runtime_info = {**ext.describe(), "engine": ext.kind}
+    bos = ext.bos_id is not None
+    notes = list(opts.notes) + list(getattr(ext, "notes", []))
+    try:
+        extended = _measure(ext, "extended", opts, lengths, doc_ids, haystack)
+    finally:
+        ext.close()
+    base_rt = _open(base, kind, opts.device, opts.progress)
+    notes += [n for n in getattr(base_rt, "notes", []) if n not in notes]
+    try:
+        based = _measure(base_rt, "base", opts, lengths, doc_ids, haystack)
+    finally:
+        base_rt.close()
+    tasks = _tasks(based, extended, opts, bos)
+    out_dir = R.report_dir_for(export)
+    previous = _previous(out_dir / "report.json")
+    if previous.get("export") == str(export) and "parity" in previous.get("tasks", {}):
+        tasks["parity"] = previous["tasks"]["parity"]  # a parity run on this same export stays in its report
+    report = {"schema": R.SCHEMA_ID, "created": R.now(), "export": str(export), "base": str(base), "spec": spec,
+              "runtime": _runtime_info(runtime_info), "corpus": {"name": corpus_name, "documents": list(doc_ids)},
+              "tasks": tasks, "checks": R.checks(tasks, original), "original_context": original,
+              "target_context": target, "notes": notes}
+    path = R.write(report, out_dir, R.figures(tasks, original, target))
+    return json.loads(path.read_text()), path
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _runtime_info(info: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, **info}
+
+
+def _tasks(base: dict[str, Any], ext: dict[str, Any], opts: Options, bos: bool) -> dict[str, Any]:
+    tasks: dict[str, Any] = {}
+    if "ppl" in ext:
+        b, e = base["ppl"], ext["ppl"]
+        tasks["ppl"] = {"lengths": e.lengths, "base": b.mean, "extended": e.mean,
+                        "per_document": {"base": b.per_document, "extended": e.per_document},
+                        "protocol": {"truncate": opts.truncate, "stride": opts.stride,
+                                     "max_windows": opts.max_windows, "bos": bos}}
+    if "passkey" in ext:
+        b, e = base["passkey"], ext["passkey"]
+        tasks["passkey"] = {"lengths": e.lengths, "depths": e.depths, "trials": e.trials, "base": b.accuracy,
+                            "extended": e.accuracy, "tokens": e.tokens,
+                            "samples": {"base": b.samples, "extended": e.samples}}
+    if "niah" in ext:
+        b, e = base["niah"], ext["niah"]
+        tasks["niah"] = {"lengths": e.lengths, "base": b.score, "extended": e.score,
+                         "samples_per_length": opts.niah_samples, "samples": {"base": b.samples, "extended": e.samples}}
+    return tasks
