@@ -6,6 +6,7 @@ Validation and publishing hook in after the writers (validators/, formats/hub.py
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,17 +62,26 @@ def default_out(source: Source, spec: RopeSpec, to: str) -> Path:
 
 def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None, knobs: dict[str, Any] | None = None,
             original_context: int | None = None, force: bool = False, link: bool = False,
-            replace_scaling: bool = False, revision: str | None = None, progress: bool = True) -> ConvertResult:
+            replace_scaling: bool = False, revision: str | None = None, progress: bool = True,
+            outtype: str | None = None, static: bool = False) -> ConvertResult:
     if to not in TARGETS:
         raise UnsupportedError(f"unknown export target {to!r}", f"choose one of: {', '.join(TARGETS)}")
-    if to != "hf":
-        raise UnsupportedError(f"--to {to} is not available in this build", "use --to hf")
     source = resolve(model, revision=revision, progress=progress)
     base = base_rope(source, original_context, replace_scaling)
     spec = build_spec(method, base, **(knobs or {}))
     out = Path(out) if out is not None else default_out(source, spec, to)
-    check_output(out, force)  # fail before any slow work
+    gguf_out = None if to == "hf" else (out if to == "gguf" else Path(str(out) + ".gguf"))
+    if to != "gguf":
+        check_output(out, force)  # fail before any slow work
     result = ConvertResult(spec, source)
+    if gguf_out is not None:
+        from ropeconvert.formats.gguf import export_gguf
+
+        path, notes = export_gguf(source, spec, gguf_out, outtype=outtype, static=static, force=force,
+                                  progress=progress, check_only=to == "both")  # both: refuse before the HF write
+        if to == "gguf":
+            result.outputs["gguf"], result.notes = path, notes
+            return result
     from ropeconvert.formats.hf import write_hf_export
 
     from ropeconvert.formats.hub_base import license_of_source  # the card carries the base's licence (issue 5)
@@ -82,6 +92,17 @@ def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None,
                                   progress=progress, provenance=provenance)
     result.outputs["hf"] = path
     result.notes += notes
+    if gguf_out is not None:  # --to both: the GGUF beside the HF directory; a failure takes the HF export back out
+        try:
+            from ropeconvert.formats.gguf import export_gguf
+
+            path, notes = export_gguf(source, spec, gguf_out, outtype=outtype, static=static, force=force,
+                                      progress=progress)
+        except BaseException:
+            shutil.rmtree(result.outputs.pop("hf"), ignore_errors=True)
+            raise
+        result.outputs["gguf"] = path
+        result.notes += notes
     return result
 
 

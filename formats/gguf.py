@@ -174,3 +174,31 @@ def _add_hparams(writer: GGUFWriter, config: dict[str, Any], arch: str) -> None:
         writer.add_value_length(int(config["head_dim"]))
     if arch == "phi3":
         writer.add_sliding_window(int(config.get("sliding_window") or 0))
+
+
+def export_gguf(source, spec: RopeSpec, out: Path, *, outtype: str | None = None, static: bool = False,
+                force: bool = False, progress: bool = True, check_only: bool = False) -> tuple[Path | None, list[str]]:
+    """The GGUF export of a resolved Source: HF sources are converted, GGUF sources re-extended byte for byte.
+
+    With check_only, only refuse what cannot be written (arch, method, outtype, output path) and write nothing.
+    """
+    from ropeconvert.formats.gguf_read import gguf_arch, open_gguf
+    from ropeconvert.formats.output import check_output
+
+    if source.kind == "gguf":
+        if outtype is not None:
+            raise UnsupportedError("--outtype does not apply to a GGUF source: its tensors are copied without "
+                                   "re-quantizing", "drop --outtype, or convert from the HF checkpoint")
+        gguf_rope(spec, gguf_arch(open_gguf(source.path)), static)
+    else:
+        check_outtype(outtype or "f16")
+        gguf_rope(spec, gguf_arch_for(read_config(source.path)), static)
+    check_output(out, force)
+    if check_only:
+        return None, []
+    if source.kind == "gguf":
+        from ropeconvert.formats.gguf_reextend import reextend_gguf
+
+        return reextend_gguf(source.path, spec, out, static=static, force=force, progress=progress)
+    return write_gguf_export(source.path, spec, out, outtype=outtype or "f16", static=static, force=force,
+                             progress=progress, name=Path(source.name.rstrip("/")).name)

@@ -146,10 +146,12 @@ def read_rope(reader) -> GgufRope:
     k = Keys.Rope
     ctx = int(key(Keys.LLM.CONTEXT_LENGTH))
     tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors if t.name in ROPE_TENSOR_NAMES}
-    head_dim = key(Keys.Attention.KEY_LENGTH) or key(Keys.LLM.EMBEDDING_LENGTH) // key(Keys.Attention.HEAD_COUNT)
+    n_rot = key(k.DIMENSION_COUNT)
+    if n_rot is None:  # llama.cpp's default: the head size
+        n_rot = key(Keys.Attention.KEY_LENGTH) or key(Keys.LLM.EMBEDDING_LENGTH) // key(Keys.Attention.HEAD_COUNT)
     return GgufRope(
         context_length=ctx, original_context=int(key(k.SCALING_ORIG_CTX_LEN, ctx)),
-        freq_base=float(key(k.FREQ_BASE, 10000.0)), dimension_count=int(key(k.DIMENSION_COUNT, head_dim)),
+        freq_base=float(key(k.FREQ_BASE, 10000.0)), dimension_count=int(n_rot),
         scaling_type=str(key(k.SCALING_TYPE, RopeScalingType.LINEAR.value)),  # llama.cpp's default when absent
         scaling_factor=_opt_float(key(k.SCALING_FACTOR, field(reader, f"{arch}.rope.scale_linear"))),
         attn_factor=_opt_float(key(k.SCALING_ATTN_FACTOR)), tensors=tensors,

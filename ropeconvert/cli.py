@@ -76,12 +76,14 @@ def convert(
     short_factors: Optional[Path] = typer.Option(None, "--short-factors", help="longrope: short factor file."),
     allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone", help="longrope: accept non-monotone factors."),
     replace_scaling: bool = typer.Option(False, "--replace-scaling", help="Replace rope scaling the source already has."),
+    outtype: Optional[str] = typer.Option(None, "--outtype", help="GGUF tensor type for HF sources: f32, f16 (default), bf16 or q8_0. GGUF sources are copied as they are."),
+    static: bool = typer.Option(False, "--static", help="GGUF: bake dynamic NTK at the target length (llama.cpp has no dynamic NTK)."),
     link: bool = typer.Option(False, "--link", help="Hard-link weights instead of copying (same filesystem)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the source."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    push: Optional[str] = typer.Option(None, "--push", metavar="ORG/NAME", help="Then publish to this Hub repo (needs a passed validation; the GGUF of --to both goes to ORG/NAME-GGUF)."),
+    push: Optional[str] = typer.Option(None, "--push", metavar="ORG/NAME", help="Then validate and publish to this Hub repo if validation passed (the GGUF of --to both goes to ORG/NAME-GGUF)."),
     private: bool = typer.Option(False, "--private", help="--push: create the Hub repo private."),
     validate: bool = typer.Option(False, "--validate", help="Then measure base vs extended (ppl, passkey) and write the report."),
 ):
@@ -98,29 +100,34 @@ def convert(
                  low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor, factors=factors,
                  short_factors=short_factors, allow_non_monotone=allow_non_monotone or None)
     result = run(model, method, to=to, out=out, knobs=knobs, original_context=original_context, force=force,
-                 link=link, replace_scaling=replace_scaling, revision=revision, progress=not quiet)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-        return
-    s = result.spec
-    typer.echo(f"{s.method}: {s.original_context} → {s.target_context} tokens (s = {s.scale:g}), "
-               f"rope_theta {s.rope_theta:g}, attention factor {s.attention_factor:.6g}")
-    for note in result.notes:
-        typer.echo(f"note: {note}")
-    for kind, path in result.outputs.items():
-        typer.echo(f"wrote {kind.upper()} export: {path}")
-    if validate:  # before --push, which publishes only validated exports
+                 link=link, replace_scaling=replace_scaling, revision=revision, progress=not quiet,
+                 outtype=outtype, static=static)
+    say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo  # --json: stdout holds only JSON
+    if not as_json:
+        s = result.spec
+        say(f"{s.method}: {s.original_context} → {s.target_context} tokens (s = {s.scale:g}), "
+            f"rope_theta {s.rope_theta:g}, attention factor {s.attention_factor:.6g}")
+        for note in result.notes:
+            say(f"note: {note}")
+        for kind, path in result.outputs.items():
+            say(f"wrote {kind.upper()} export: {path}")
+    if validate or push is not None:  # --push implies --validate: only validated exports are published
         from ropeconvert.validators.command import validate_outputs
 
         for line in validate_outputs(result.outputs, model, quiet):
-            typer.echo(line)
-    if push is not None:  # publish refuses an export that was not validated (or failed): the card shows evidence
+            say(line)
+    published = []
+    if push is not None:  # publish refuses an export whose validation failed: the card shows the evidence
         from ropeconvert.formats.hub import publish
 
         for kind, path in result.outputs.items():
             repo = push + "-GGUF" if kind == "gguf" and len(result.outputs) > 1 else push
-            for line in publish(path, repo, private=private, progress=not quiet, log=_note).lines():
-                typer.echo(line)
+            published.append(publish(path, repo, private=private, progress=not quiet, log=_note))
+            for line in published[-1].lines():
+                say(line)
+    if as_json:
+        extra = {"published": [r.to_dict() for r in published]} if published else {}
+        typer.echo(json.dumps({**result.to_dict(), **extra}, indent=2))
 
 
 @app.command()
@@ -255,6 +262,67 @@ def validate(
         dataset=dataset, truncate=truncate, stride=stride, max_windows=max_windows, device=device, seed=seed,
         quiet=quiet)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(lines))
+
+
+SEARCH_EXAMPLES = [
+    "ropeconvert search smollm2-135m --method longrope --target-context 16384 --budget 250 --population 32 --out smol-lr-16k",
+    "ropeconvert search smollm2-135m --method longrope2 --target-context 16384 --short --out smol-lr2-16k",
+    "ropeconvert search smollm2-135m --method longrope --target-context 16384 --budget 250 --population 32 --out smol-lr-16k --resume",
+    "ropeconvert smollm2-135m --method longrope --factors smol-lr-16k/factors.json --to both",
+]
+
+
+@app.command(epilog="Examples:\n\n" + "\n\n".join(SEARCH_EXAMPLES))
+def search(
+    model: str = typer.Argument(..., help="Base model: alias, Hub id, HF directory or .gguf file."),
+    method: str = typer.Option("longrope", "--method", "-m", help="longrope (all pairs, PI/NTK/YaRN seeds) or longrope2 (critical dim, needle perplexity)."),
+    target_context: Optional[int] = typer.Option(None, "--target-context", "-t", help="Length the factors are searched for."),
+    factor: Optional[float] = typer.Option(None, "--factor", "-s", help="Scale s = target / original (instead of --target-context)."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Evaluations per phase at most (default population + generations × population/2; the paper's 64/40 → 1344)."),
+    population: int = typer.Option(64, "--population", help="Population P (top P/2 are parents; P/4 mutants + P/4 crosses per generation)."),
+    generations: int = typer.Option(40, "--generations", help="Generations after the initial population (paper: 40)."),
+    patience: int = typer.Option(10, "--patience", help="Stop when the best improved by < 0.001 over this many generations."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the search (and of the needles)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default MODEL-METHOD-search-NNk)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the search checkpointed in --out (same options)."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --out that holds a search."),
+    documents: int = typer.Option(5, "--documents", "-k", help="Fitness documents (first K of the corpus long enough)."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Your own text: a .txt file or a directory of them."),
+    corpus: str = typer.Option("austen", "--corpus", help="Offline corpus: austen or shakespeare."),
+    short: bool = typer.Option(False, "--short", help="Also search short factors at the original length."),
+    short_max: Optional[float] = typer.Option(None, "--short-max", help="--short: largest short factor (default ∛s)."),
+    max_factor: Optional[float] = typer.Option(None, "--max-factor", help="longrope: largest factor (default 1.25·s as in the paper; the released code uses 1+s)."),
+    critical_dim: Optional[int] = typer.Option(None, "--critical-dim", help="longrope2: first searched pair (default ⌈(d/2)·log_θ(L/2π)⌉ − 1)."),
+    original_context: Optional[int] = typer.Option(None, "--original-context", help="Override the trained length from the config."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Run at most N generations now, then leave the checkpoint for --resume."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Search LongRoPE / LongRoPE2 rescale factors on the model itself; writes factors.json, search_log.json, search.png."""
+    from ropeconvert.convert.search.run import SearchOptions, search as run
+
+    result = run(SearchOptions(
+        model, method=method, target_context=target_context, factor=factor, budget=budget, population=population,
+        generations=generations, patience=patience, seed=seed, out=out, resume=resume, force=force,
+        documents=documents, text=str(text) if text else corpus, short=short, short_max=short_max,
+        max_factor=max_factor, critical_dim=critical_dim, original_context=original_context, device=device,
+        stop_after=stop_after, progress=not quiet))
+    if as_json:
+        typer.echo(json.dumps({"out": str(result.out), "complete": result.complete, "documents": result.documents,
+                               "factors": str(result.factors) if result.factors else None, "phases": result.phases,
+                               "seconds": round(result.seconds, 3)}, indent=2))
+        return
+    for name, p in result.phases.items():
+        refs = ", ".join(f"{k} {v:.4g}" for k, v in p["references"].items() if v is not None)
+        best = "none" if p["best_fitness"] is None else f"{p['best_fitness']:.4g}"
+        typer.echo(f"{name}: {p['evaluations']} evaluations, best {best} ({refs}); "
+                   f"{p['stop_reason'] or 'not finished'}")
+    if result.complete:
+        typer.echo(f"wrote {result.factors}, {result.log}, {result.plot}")
+        typer.echo(f"export: ropeconvert {model} --method longrope --factors {result.factors}")
+    else:
+        typer.echo(f"stopped early; continue with: ropeconvert search … --out {result.out} --resume")
 
 
 def _note(message: str) -> None:

@@ -1,0 +1,170 @@
+"""GGUF rope mapping: every method and arch written to a real file, read back with GGUFReader, and checked against the
+spec through an independent model of what llama.cpp computes from those keys (no llama.cpp needed here; the
+runtime itself is exercised in test_gguf_llamacpp.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+
+from ropeconvert.convert.methods import build_spec
+from ropeconvert.convert.spec import BaseRope
+from ropeconvert.errors import UnsupportedError
+from ropeconvert.formats.gguf import permute_qk, write_gguf_export
+from ropeconvert.formats.gguf_read import dequantized_tensors, hf_config_from_gguf, unpermute
+from ropeconvert.formats.gguf_rope import FREQS, LONG, SHORT, GgufRope, add_rope, gguf_rope, read_rope, spec_from_gguf
+from ropeconvert.formats.hf_config import base_rope_from_config
+from ropeconvert.formats.source import read_config
+from ropeconvert.formats.tensors import index_weights, read_tensor
+
+from conftest import make_tiny_model
+
+LONG_F = [1.0, 1.5, 2.0, 3.0, 4.0, 4.0, 4.0, 4.0]
+SHORT_F = [1.0, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]
+CASES = {  # name → (method, knobs, static)
+    "linear": ("linear", {"factor": 4.0}, False),
+    "ntk": ("ntk", {"factor": 4.0}, False),
+    "yarn": ("yarn", {"factor": 4.0}, False),
+    "yarn-attn": ("yarn", {"factor": 4.0, "attention_factor": 1.3}, False),
+    "yarn-betas": ("yarn", {"factor": 4.0, "beta_fast": 16.0, "beta_slow": 2.0}, False),
+    "llama3": ("llama3", {"factor": 4.0}, False),
+    "longrope": ("longrope", {"factors": LONG_F, "short_factors": SHORT_F, "factor": 4.0}, False),
+    "dynamic-static": ("dynamic", {"factor": 2.0}, True),
+}
+QWEN_OK = ("linear", "ntk", "yarn", "yarn-attn", "dynamic-static")
+
+
+def llamacpp_rope(rope: GgufRope, arch: str, n_ctx: int) -> tuple[np.ndarray, float]:
+    """(frequencies, cos/sin magnitude) llama.cpp derives from the keys, following llama-context.cpp, llama-model.cpp
+    get_rope_factors and ggml-cpu rope_yarn with the default parameters (ecosystem.md §2.4)."""
+    d = rope.dimension_count
+    kind = rope.scaling_type
+    freq_scale = 1.0 if kind == "none" or not rope.scaling_factor else 1.0 / rope.scaling_factor
+    ext = 1.0 if kind == "yarn" else 0.0
+    loads_long_short = arch == "phi3" or (arch == "llama" and kind == "longrope")
+    ff = np.ones(d // 2)
+    if arch == "llama" and not loads_long_short and FREQS in rope.tensors:
+        ff = rope.tensors[FREQS].astype(np.float64)
+    elif loads_long_short and LONG in rope.tensors:
+        ff = rope.tensors[LONG if n_ctx > rope.original_context else SHORT].astype(np.float64)
+    i = np.arange(d // 2)
+    extrap = rope.freq_base ** (-2 * i / d) / ff
+    interp = freq_scale * extrap
+    theta = interp
+    mag = rope.attn_factor if rope.attn_factor is not None else 1.0
+    if ext:
+        def corr(r):
+            return d * math.log(rope.original_context / (r * 2 * math.pi)) / (2 * math.log(rope.freq_base))
+        low, high = max(0, math.floor(corr(32.0))), min(d - 1, math.ceil(corr(1.0)))
+        ramp = (1 - np.clip((i - low) / max(0.001, high - low), 0, 1)) * ext
+        theta = interp * (1 - ramp) + extrap * ramp
+        mag *= 1.0 + 0.1 * math.log(1.0 / freq_scale)  # context setup cancels its own mscale; ggml applies it
+    return theta, mag
+
+
+@pytest.fixture(scope="module")
+def tiny_phi3(tmp_path_factory, smollm2_hf):
+    out = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-phi3", smollm2_hf, model_type="phi3")
+    config = json.loads((out / "config.json").read_text())
+    config["original_max_position_embeddings"] = 256  # Phi3Config defaults it to 4096
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny_llama, tiny_qwen2, tiny_phi3):
+    return {"llama": tiny_llama, "qwen2": tiny_qwen2, "phi3": tiny_phi3}
+
+
+def rope_only_gguf(spec, arch: str, static: bool, path) -> GGUFReader:
+    """A GGUF holding just what formats/gguf_rope.py writes (the full exporter adds weights and tokenizer around it)."""
+    rope = gguf_rope(spec, arch, static)
+    writer = GGUFWriter(str(path), arch)
+    add_rope(writer, rope, spec)
+    for name, arr in rope.tensors.items():
+        writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return GGUFReader(path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_every_method_round_trips_through_a_file(arch, tmp_path):
+    base = BaseRope(head_dim=16, rotary_dim=16, rope_theta=10000.0, original_context=256, arch=arch)
+    for case, (method, knobs, static) in CASES.items():
+        spec = build_spec(method, base, **knobs)
+        if arch == "qwen2" and case not in QWEN_OK:
+            with pytest.raises(UnsupportedError) as refused:
+                gguf_rope(spec, arch, static)
+            assert "qwen2 GGUFs cannot express" in refused.value.one_line()
+            assert "qwen2 takes: linear, ntk, yarn" in refused.value.one_line()
+            continue
+        reader = rope_only_gguf(spec, arch, static, tmp_path / f"{case}.gguf")
+        rope = read_rope(reader)
+        assert rope.context_length == spec.target_context and rope.original_context == 256, case
+        assert rope.dimension_count == 16
+        assert spec_from_gguf(reader) == spec
+        lengths = (spec.target_context, 200) if method == "longrope" else (spec.target_context,)
+        for n_ctx in lengths:
+            theta, mag = llamacpp_rope(rope, arch, n_ctx)
+            np.testing.assert_allclose(theta, spec.inv_freq(n_ctx), rtol=2e-6, err_msg=f"{arch} {case} @ {n_ctx}")
+            assert mag == pytest.approx(spec.attention_factor, rel=1e-6), (arch, case)
+        expected_tensors = {"llama3": {FREQS}, "yarn-betas": {FREQS}, "longrope": {LONG, SHORT}}.get(case, set())
+        if arch == "phi3" and expected_tensors == {FREQS}:
+            expected_tensors = {LONG, SHORT}  # phi3 loads no rope_freqs: equal long and short factors instead
+        assert set(rope.tensors) == expected_tensors, (arch, case)
+        if case == "yarn-attn":  # llama.cpp multiplies its own 0.1·ln s + 1 by rope.scaling.attn_factor
+            assert rope.attn_factor == pytest.approx(1.3 / (1 + 0.1 * math.log(4)), rel=1e-6)
+
+
+@pytest.mark.parametrize("arch,case", [("llama", "longrope"), ("qwen2", "yarn-attn"), ("phi3", "llama3")])
+def test_full_export_carries_the_rope(arch, case, models, tmp_path):
+    method, knobs, static = CASES[case]
+    spec = build_spec(method, base_rope_from_config(read_config(models[arch])), **knobs)
+    path, _ = write_gguf_export(models[arch], spec, tmp_path / "m.gguf", outtype="f16", static=static, progress=False)
+    reader = GGUFReader(path)
+    expected = rope_only_gguf(spec, arch, static, tmp_path / "r.gguf")
+    got, want = read_rope(reader), read_rope(expected)
+    assert {k: v for k, v in vars(got).items() if k != "tensors"} == {k: v for k, v in vars(want).items() if k != "tensors"}
+    assert set(got.tensors) == set(want.tensors) and all(np.array_equal(got.tensors[k], want.tensors[k]) for k in got.tensors)
+    assert spec_from_gguf(reader) == spec
+
+
+def test_dynamic_needs_static(tiny_llama):
+    spec = build_spec("dynamic", base_rope_from_config(read_config(tiny_llama)), factor=2.0)
+    with pytest.raises(UnsupportedError) as refused:
+        gguf_rope(spec, "llama")
+    assert "no dynamic NTK" in refused.value.one_line() and "--static" in refused.value.one_line()
+
+
+def test_permute_is_the_inverse_of_unpermute():
+    w = np.random.default_rng(0).standard_normal((48, 8)).astype(np.float32)
+    for heads in (1, 2, 3):
+        p = permute_qk(w, heads)
+        assert not np.array_equal(p, w)
+        np.testing.assert_array_equal(unpermute(p, heads), w)
+
+
+@pytest.mark.parametrize("outtype,qtype", [("f32", GGMLQuantizationType.F32), ("bf16", GGMLQuantizationType.BF16),
+                                           ("q8_0", GGMLQuantizationType.Q8_0)])
+def test_weights_survive_export_and_dequantize(outtype, qtype, tiny_llama, tmp_path):
+    """Names, Q/K permutation and types: the GGUF read back through the GGUF→HF path gives the source weights."""
+    spec = build_spec("yarn", base_rope_from_config(read_config(tiny_llama)), factor=2.0)
+    path, _ = write_gguf_export(tiny_llama, spec, tmp_path / "w.gguf", outtype=outtype, progress=False)
+    reader = GGUFReader(path)
+    for t in reader.tensors:
+        want = GGMLQuantizationType.F32 if len(t.shape) == 1 else qtype
+        assert t.tensor_type == want, t.name
+    source = {name: np.asarray(read_tensor(info), np.float32) for name, info in index_weights(tiny_llama).tensors.items()}
+    back = dict(dequantized_tensors(reader, hf_config_from_gguf(reader)))
+    assert set(back) == set(source)
+    for name, arr in source.items():
+        if outtype == "bf16":  # 8 significant bits, rounded to nearest
+            np.testing.assert_allclose(back[name], arr, rtol=2.0**-8, atol=0, err_msg=name)
+        else:  # f32 exact; q8_0 within half a step of each 32-value block's scale
+            np.testing.assert_allclose(back[name], arr, atol=0 if outtype == "f32" else 2e-3, rtol=0, err_msg=name)
