@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +44,34 @@ PRE_BY_REGEX = {
 }
 
 
-def add_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> str:
-    """Write the tokenizer of `hf_dir` (padded to the model's vocab_size); returns a one-word description."""
+def add_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> None:
+    """Write the tokenizer of `hf_dir` (padded to the model's vocab_size) as `tokenizer.*` keys."""
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(hf_dir).glob("*")) if p.is_file()
+                  and not p.name.endswith(".safetensors"))
+    for key, value in _tokenizer_kv(str(Path(hf_dir).resolve()), stamp, vocab_size).items():
+        writer.add_key_value(key, value.value, value.type, sub_type=value.sub_type)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_kv(hf_dir: str, stamp: tuple, vocab_size: int) -> dict:
+    """The tokenizer keys, built once per tokenizer files' state (building them takes a second or two)."""
+    scratch = GGUFWriter(None, "scratch")
+    _build_tokenizer(scratch, Path(hf_dir), vocab_size)
+    return {k: v for k, v in scratch.kv_data[0].items() if k.startswith("tokenizer.")}
+
+
+def _build_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> None:
     tok = _load_hf_tokenizer(hf_dir)
     tj = _read_json(hf_dir / "tokenizer.json")
     model = (tj or {}).get("model", {})
     if (hf_dir / "tokenizer.model").is_file():
-        kind, bpe = "sentencepiece", False
+        bpe = False
         tokens, scores, types = _sentencepiece_vocab(hf_dir, tj, vocab_size)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
         writer.add_token_scores(scores)
     elif model.get("type") == "BPE" and model.get("byte_fallback"):
-        kind, bpe = "llama-hf", False
+        bpe = False
         vocab = LlamaHfVocab(hf_dir)
         tokens, scores, types = map(list, zip(*vocab.all_tokens()))
         _pad(tokens, types, vocab_size, scores)
@@ -63,7 +79,7 @@ def add_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> str:
         writer.add_tokenizer_pre("default")
         writer.add_token_scores(scores)
     elif model.get("type") == "BPE" and (tj.get("decoder") or {}).get("type") == "ByteLevel":
-        kind, bpe = "bpe", True
+        bpe = True
         tokens, types = _bpe_vocab(tj, vocab_size)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(_pre_tokenizer(tok, hf_dir))
@@ -75,7 +91,6 @@ def add_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> str:
     special = SpecialVocab(hf_dir, load_merges=bpe, n_vocab=len(tokens))
     special.add_special_token.update(_adds_special(tok))  # what the tokenizer really does, not a guess from files
     special.add_to_gguf(writer, quiet=True)
-    return kind
 
 
 def _load_hf_tokenizer(hf_dir: Path):
