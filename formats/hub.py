@@ -124,9 +124,12 @@ def publish(export: Path, repo_id: str, *, private: bool = False, revision: str 
     check_repo_id(repo_id)
     exp = load_export(export)
     if exp.status != "passed" and not skip_validation:
-        raise InputError(f"refusing to publish {exp.path}: {exp.status_detail}",
-                         f"run `ropeconvert validate {exp.path}` first, or pass --skip-validation (the card then says "
-                         f"the export is not validated)")
+        fix = {"failed": f"see the checks in {exp.report_dir / 'report.md'}; --skip-validation publishes it anyway "
+                         f"and the card then shows the failure",
+               "missing": f"run `ropeconvert validate {exp.path}` first, or pass --skip-validation (the card then "
+                          f"says it is not validated)",
+               "stale": f"re-run `ropeconvert validate {exp.path}`"}[exp.status]
+        raise InputError(f"refusing to publish {exp.path}: {exp.status_detail}", fix)
     token = preflight(repo_id, dry_run, token)
     offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
     if not progress:

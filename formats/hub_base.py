@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ropeconvert.formats.source import ALIASES, EMBEDDED, embedded_gguf, resolve
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _CACHE_DIR = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # Hub licence identifiers: apache-2.0, mit, llama3.1, other…
@@ -22,6 +24,8 @@ def base_model_id(origin: str | None) -> str | None:
     """The Hub id of the base, from the export's recorded origin (None for a local model the Hub cannot link)."""
     if not origin:
         return None
+    if origin in ALIASES:  # a validation report names the base as typed: an alias
+        origin = _alias_origin(origin)
     match = _CACHE_DIR.search(origin.replace("\\", "/"))
     if match:  # a snapshot inside the huggingface_hub cache: the path names the repository
         return f"{match.group(1)}/{match.group(2)}"
@@ -44,6 +48,25 @@ def license_of_source(kind: str, path: Path) -> dict[str, str] | None:
 
         return _as_license({"license": field(open_gguf(path), "general.license")})
     return _as_license(front_matter(Path(path) / "README.md"))
+
+
+def license_of_origin(origin: str | None) -> dict[str, str] | None:
+    """The licence of a base named by path or alias, when it is on this machine (GGUF exports record no source)."""
+    if not origin:
+        return None
+    if origin in ALIASES and ALIASES.get(origin) == EMBEDDED:
+        return license_of_source("gguf", embedded_gguf())
+    path = Path(origin).expanduser()
+    if path.is_dir() or path.is_file():
+        from ropeconvert.formats.gguf_read import is_gguf
+
+        return license_of_source("gguf" if path.is_file() and is_gguf(path) else "hf", path)
+    return None
+
+
+def _alias_origin(alias: str) -> str:
+    target = ALIASES.get(alias)
+    return resolve(alias).origin if target == EMBEDDED else target  # the embedded one resolves locally, no download
 
 
 def resolve_license(provenance: dict[str, Any], base_id: str | None, *, online: bool, api=None) -> tuple[dict[str, str], str | None]:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ropeconvert.errors import InputError
 from ropeconvert.formats.gguf_read import ROPE_TENSORS, field as gguf_field, is_gguf, open_gguf
+from ropeconvert.formats.hub_base import license_of_origin
 
 REPORT_SCHEMA = "ropeconvert.report/1"
 PROVENANCE_FILE = "ropeconvert.json"  # written by formats/hf.py
@@ -100,7 +101,8 @@ def _load_gguf(path: Path) -> Export:
                   if f"ropeconvert.{k}" in rope}
     if "source" not in provenance and isinstance((report or {}).get("base"), (str, dict)):
         provenance["source"] = _origin_of(report["base"])
-    provenance.setdefault("source_license", gguf_field(reader, "general.license"))
+    # re-extended GGUFs keep the source's general.license; converted ones name their base only in the report
+    provenance["source_license"] = gguf_field(reader, "general.license") or license_of_origin(provenance.get("source"))
     export = Export("gguf", path, report_dir, provenance, spec, rope, report,
                     *_judge(report, spec if isinstance(embedded, str) else None))
     export.files[path.name] = path

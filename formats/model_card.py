@@ -101,11 +101,15 @@ def _rope_written(export: Export) -> str:
 
 def _validation(report: dict[str, Any]) -> str:
     rt, corpus = report.get("runtime") or {}, report.get("corpus") or {}
+    docs = corpus.get("documents")
+    engine = rt.get("engine", "transformers")
+    if engine == "llama.cpp" and rt.get("llama_cpp_python"):
+        engine += f" (llama-cpp-python {rt['llama_cpp_python']})"
     out = ["## Validation: base vs extended",
-           f"Measured by ropeconvert on {corpus.get('name', 'an unnamed corpus')} ({corpus.get('documents', '?')} "
-           f"documents) with {rt.get('device', '?')} {rt.get('dtype', '')}, torch {rt.get('torch', '?')}, "
-           f"transformers {rt.get('transformers', '?')}; report created {report.get('created', '?')}. All numbers "
-           f"below are from [report.json](report.json)."]
+           f"Measured by ropeconvert with {engine} on {rt.get('device', '?')} ({rt.get('dtype', '?')}), torch "
+           f"{rt.get('torch', '?')}, transformers {rt.get('transformers', '?')}, on the {corpus.get('name', '?')} corpus "
+           f"({len(docs) if isinstance(docs, list) else docs} documents); base `{report.get('base')}`; report created "
+           f"{report.get('created', '?')}. All numbers below are from [report.json](report.json)."]
     tasks = report.get("tasks") or {}
     if "ppl" in tasks:
         t = tasks["ppl"]

@@ -52,7 +52,8 @@ def plot(path: Path, kind: str, lengths, base, extended) -> None:
 
 def write_report(report_dir: Path, spec: dict | None, *, passed: bool = True, scale: float = 1.0,
                  base: str = BASE_ID) -> dict:
-    """A report as validators/report.py writes it; `scale` moves every number, so tests can tell them apart."""
+    """A report in validators/report.py's schema, with numbers of our choosing; `scale` moves every number, so tests
+    can tell two reports apart. (test_hub_e2e.py publishes a report validators really wrote.)"""
     lengths = [256, 512]
     ppl_base, ppl_ext = [14.8123 * scale, 87.3456 * scale], [15.0311 * scale, 16.9087 * scale]
     pk_base = [[1.0, 1.0, 0.8], [0.2, 0.0, 0.4]]
@@ -62,14 +63,19 @@ def write_report(report_dir: Path, spec: dict | None, *, passed: bool = True, sc
     report = {
         "schema": "ropeconvert.report/1", "created": "2026-11-23T08:00:00+00:00", "export": str(report_dir),
         "base": base, "spec": spec,
-        "runtime": {"device": "cpu", "dtype": "float32", "torch": "2.13.0", "transformers": "5.23.0"},
-        "corpus": {"name": "austen", "documents": 4},
-        "tasks": {"ppl": {"lengths": lengths, "base": ppl_base, "extended": ppl_ext, "per_document": {}},
+        "runtime": {"device": "cpu", "dtype": "float32", "torch": "2.13.0", "transformers": "5.23.0",
+                    "engine": "transformers"},
+        "corpus": {"name": "austen", "documents": ["emma", "persuasion", "sense-and-sensibility", "mansfield-park"]},
+        "tasks": {"ppl": {"lengths": lengths, "base": ppl_base, "extended": ppl_ext,
+                          "per_document": {"base": {"emma": ppl_base}, "extended": {"emma": ppl_ext}}},
                   "passkey": {"lengths": lengths, "depths": [0.0, 0.5, 1.0], "trials": 5, "base": pk_base,
                               "extended": pk_ext}},
         "checks": checks, "passed": passed, "plots": {"ppl": "ppl.png", "passkey": "passkey.png"},
         "markdown": "report.md",
     }
+    from ropeconvert.validators.report import check_schema
+
+    check_schema(report)  # the schema validators/report.py writes (and checks) too
     report_dir.mkdir(parents=True, exist_ok=True)
     plot(report_dir / "ppl.png", "ppl", lengths, ppl_base, ppl_ext)
     plot(report_dir / "passkey.png", "passkey", lengths, pk_base, pk_ext)

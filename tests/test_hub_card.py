@@ -73,7 +73,7 @@ def test_card_numbers_and_plots_come_from_report(hf_export):
             [f"{n:,}", f"{100 * sum(b) / len(b):.0f}%", f"{100 * sum(e) / len(e):.0f}%"]
             for n, b, e in zip(pk["lengths"], pk["base"], pk["extended"])]
         assert [r[0] for r in table_rows(body, "### Checks")] == [c["name"] for c in report["checks"]]
-        assert "austen (4 documents)" in body and "torch 2.13.0" in body
+        assert "the austen corpus (4 documents)" in body and "torch 2.13.0" in body
         images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", body)
         assert images == list(report["plots"].values())
         for image in images:  # each plot the card shows is uploaded beside it

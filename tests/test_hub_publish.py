@@ -2,6 +2,7 @@
 (tests/hub_stub.py; tests cannot reach the Hub). The stub records every request."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,12 +158,18 @@ def test_gguf_export_publishes_file_report_and_card(stub, tmp_path):
     assert b"library_name: gguf" in files["README.md"]
 
 
-def test_push_refuses_an_unvalidated_export_after_writing_it(stub, tmp_path, hub_base):
+def test_push_validates_and_refuses_a_failed_export_after_writing_it(stub, tmp_path, hub_base):
+    # --push implies --validate; a random tiny model cannot find a passkey, so validation fails and nothing is sent
     out = tmp_path / "pushed"
     proc = run_cli(hub_base, "--method", "yarn", "--factor", "2", "--out", out, "--push", REPO, "--quiet",
                    env=hub_env(stub, tmp_path))
-    assert_one_line_error(proc, "refusing to publish", "no validation report", "ropeconvert validate")
-    assert (out / "config.json").is_file() and stub.requests == []
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refusing to publish" in errors[0] and "validation failed (" in errors[0]
+    assert "passkey_not_worse" in errors[0] and "--skip-validation" in errors[0]
+    report = json.loads((out / "report.json").read_text())  # written by the validators, kept for the user
+    assert report["passed"] is False and "validation of the HF export:" in proc.stdout
+    assert stub.requests == []
 
 
 def test_push_with_a_bad_repo_id_fails_before_converting(stub, tmp_path, hub_base):

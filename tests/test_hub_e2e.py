@@ -1,0 +1,54 @@
+"""End to end: a report that validators/report.py really wrote (`ropeconvert validate` on a tiny export) becomes the
+published card — its numbers, checks and plots — through the local stand-in for the Hub."""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+from helpers import assert_one_line_error, run_cli
+from hub_fixtures import FAKE_TOKEN, hf_export, hub_base, hub_env  # noqa: F401
+from hub_stub import HubStub
+from test_hub_card import card_of, table_rows
+
+REPO = "acme/tiny-llama-yarn-512"
+
+
+def test_a_real_validation_report_renders_into_the_published_card(tmp_path, hf_export):
+    for name in ("report.json", "report.md", "ppl.png", "passkey.png"):  # drop the fixture's hand-made report
+        (hf_export / name).unlink()
+    rng = random.Random(0)
+    words = "the river runs past old mills and green fields under grey skies while a fox waits".split()
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(300)) for _ in range(8)))
+    proc = run_cli("validate", hf_export, "--tasks", "ppl,passkey", "--lengths", "128,256,512", "--trials", "1",
+                   "--documents", "1", "--text", text, "--quiet")
+    assert proc.returncode in (0, 2) and (hf_export / "report.json").is_file(), proc.stderr
+    report = json.loads((hf_export / "report.json").read_text())
+
+    with HubStub(FAKE_TOKEN) as stub:
+        env = hub_env(stub, tmp_path)
+        if not report["passed"]:  # a random tiny model finds no passkey: refused unless told, and then labelled
+            assert_one_line_error(run_cli("publish", hf_export, "--repo", REPO, env=env), "validation failed")
+            assert stub.requests == []
+        proc = run_cli("publish", hf_export, "--repo", REPO, "--skip-validation", env=env)
+        assert proc.returncode == 0, proc.stderr
+        uploaded = stub.files(REPO)
+    card = hf_export / "README.md"
+    assert uploaded["README.md"] == card.read_bytes()
+    _, body = card_of(card)
+    assert ("**Validation failed**" in body) == (not report["passed"])
+    ppl = report["tasks"]["ppl"]
+    assert table_rows(body, "### Perplexity") == [
+        [f"{n:,}", f"{b:.2f}", f"{e:.2f}"] for n, b, e in zip(ppl["lengths"], ppl["base"], ppl["extended"])]
+    pk = report["tasks"]["passkey"]
+    assert table_rows(body, "### Passkey") == [
+        [f"{n:,}", f"{100 * sum(b) / len(b):.0f}%", f"{100 * sum(e) / len(e):.0f}%"]
+        for n, b, e in zip(pk["lengths"], pk["base"], pk["extended"])]
+    assert table_rows(body, "### Checks") == [
+        [c["name"], "pass" if c["passed"] else "**FAIL**", c["detail"]] for c in report["checks"]]
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", body)
+    assert images == list(report["plots"].values()) and images
+    for image in images + ["report.json", "report.md"]:  # the evidence is uploaded beside the card, byte for byte
+        assert uploaded[image] == (hf_export / image).read_bytes()
+    assert f"({len(report['corpus']['documents'])} documents)" in body
