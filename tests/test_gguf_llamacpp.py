@@ -93,13 +93,14 @@ CASES = [
     ("llama", "linear", {"factor": 4.0}, False),
     ("llama", "ntk", {"factor": 4.0}, False),
     ("llama", "yarn", {"factor": 4.0}, False),
+    ("llama", "yarn", {"factor": 4.0, "attention_factor": 1.3}, False),  # written as attn_factor = A / (1 + 0.1 ln s)
     ("llama", "yarn", {"factor": 4.0, "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.2}, False),
     ("llama", "llama3", {"factor": 4.0}, False),
     ("llama", "longrope", {"factors": LONG_F, "short_factors": SHORT_F, "factor": 4.0}, False),
     ("llama", "dynamic", {"factor": 3.0}, True),  # baked at its target 768 = the evaluated length
     ("qwen2", "linear", {"factor": 4.0}, False),
     ("qwen2", "ntk", {"factor": 4.0}, False),
-    ("qwen2", "yarn", {"factor": 4.0, "attention_factor": 1.5}, False),
+    ("qwen2", "yarn", {"factor": 8.0}, False),
     ("phi3", "longrope", {"factors": LONG_F, "short_factors": SHORT_F, "factor": 4.0}, False),  # HF phi3: longrope only
 ]
 
