@@ -90,19 +90,26 @@ def _load_gguf(path: Path) -> Export:
     for key, f in reader.fields.items():
         if key == f"{arch}.context_length" or key.startswith(f"{arch}.rope.") or key.startswith("ropeconvert."):
             rope[key] = _plain(f.contents())
+    embedded = rope.pop("ropeconvert.spec", None)  # the whole spec: the card's "what was done" shows it in words
     for t in reader.tensors:
         if t.name in ROPE_TENSORS:
             rope[f"tensor {t.name}"] = [float(v) for v in t.data.reshape(-1)]
     report_dir = path.with_name(path.stem + ".report")
     report = _read_report(report_dir)
-    embedded = rope.get("ropeconvert.spec")
     spec = json.loads(embedded) if isinstance(embedded, str) and embedded.startswith("{") else (report or {}).get("spec")
     provenance = {k: rope[f"ropeconvert.{k}"] for k in ("source", "source_revision", "source_name", "source_license")
                   if f"ropeconvert.{k}" in rope}
+    sibling = path.with_suffix("") / PROVENANCE_FILE  # `--to both` wrote the HF export (with provenance) beside it
+    if "source" not in provenance and sibling.is_file() and spec is not None:
+        recorded = _read_json(sibling)
+        if same_rope(recorded.get("spec") or {}, spec):
+            provenance.update({k: recorded[k] for k in ("source", "source_revision", "source_name", "source_license",
+                                                        "ropeconvert_version") if recorded.get(k) is not None})
     if "source" not in provenance and isinstance((report or {}).get("base"), (str, dict)):
         provenance["source"] = _origin_of(report["base"])
     # re-extended GGUFs keep the source's general.license; converted ones name their base only in the report
-    provenance["source_license"] = gguf_field(reader, "general.license") or license_of_origin(provenance.get("source"))
+    provenance["source_license"] = (gguf_field(reader, "general.license") or provenance.get("source_license")
+                                    or license_of_origin(provenance.get("source")))
     export = Export("gguf", path, report_dir, provenance, spec, rope, report,
                     *_judge(report, spec if isinstance(embedded, str) else None))
     export.files[path.name] = path

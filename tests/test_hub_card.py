@@ -172,3 +172,17 @@ def test_unknown_licence_offline_is_other_with_a_note(tmp_path, smollm2_hf):
     meta, body = card_of(export / "README.md")
     assert meta["license"] == "other" and "base_model" not in meta
     assert "could not be determined offline" in body and "could not be determined offline" in proc.stdout
+
+
+def test_gguf_of_to_both_takes_base_and_licence_from_its_hf_sibling(tmp_path, hub_base):
+    out = tmp_path / "both"
+    proc = run_cli(hub_base, "--method", "yarn", "--factor", "2", "--to", "both", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    gguf_path = tmp_path / "both.gguf"
+    proc = dry_run(gguf_path, "--skip-validation", repo="acme/tiny-llama-yarn-512-GGUF")
+    assert proc.returncode == 0, proc.stderr
+    meta, body = card_of(tmp_path / "both.README.md")  # no report dir: the card goes beside the file
+    assert meta["base_model"] == BASE_ID and meta["license"] == "mit" and meta["library_name"] == "gguf"
+    assert 'llama.rope.scaling.type = "yarn"' in body and "ropeconvert.spec" not in body
+    command = shlex.split(body.split("## Reproduce\n\n```sh\n", 1)[1].split("\n```", 1)[0].splitlines()[-1])
+    assert command[:2] == ["ropeconvert", BASE_ID] and command[command.index("--to") + 1] == "gguf"
