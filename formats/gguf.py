@@ -25,7 +25,7 @@ from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
 from ropeconvert.formats.gguf_tokenizer import add_tokenizer
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
-from ropeconvert.formats.tensors import index_weights, read_tensor
+from ropeconvert.formats.tensors import DTYPES, index_weights
 
 Q = GGMLQuantizationType
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
@@ -34,6 +34,7 @@ OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16), "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
 _ARCH_ENUM = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
+CHUNK_BYTES = 16 * 1024 * 1024  # float32 working block while converting one tensor
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class TensorPlan:
     qtype: GGMLQuantizationType
     load: Callable[[], np.ndarray]
     n_head: int | None = None  # set for llama-arch Q/K: rows are permuted for the interleaved rope
+    bf16: bool = False  # load() returns bfloat16 bits as uint16
 
     @property
     def byte_shape(self) -> tuple[int, ...]:
@@ -96,7 +98,8 @@ def plan_tensors(hf_dir: Path, config: dict[str, Any], arch: str, outtype: str) 
             n_head = heads
         elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             n_head = kv_heads
-        plans.append(TensorPlan(hf_name, found[1], shape, t, lambda info=info: read_tensor(info), n_head))
+        plans.append(TensorPlan(hf_name, found[1], shape, t, lambda info=info: _read_raw(info), n_head,
+                                info.dtype == "BF16"))
     if not plans:
         raise InputError(f"{hf_dir} holds no weights")
     return plans
@@ -109,16 +112,41 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def convert_tensor(plan: TensorPlan) -> np.ndarray:
-    arr = np.asarray(plan.load(), dtype=np.float32)
-    if tuple(arr.shape) != plan.shape:
+    """The tensor in its GGUF type. Rows are converted in blocks of about CHUNK_BYTES straight into the output
+    array, so memory holds the source bytes, the output and one small float32 block — never a float32 copy of the
+    whole tensor (which for a large embedding would be twice the bf16 tensor)."""
+    raw = plan.load()  # source dtype as stored (BF16 as uint16)
+    if tuple(raw.shape) != plan.shape:
         raise InputError(f"tensor {plan.hf_name!r} changed shape while reading", "the checkpoint is being modified")
     if plan.n_head is not None:
-        arr = permute_qk(arr, plan.n_head)
-    if plan.qtype == Q.F32:
-        return np.ascontiguousarray(arr)
-    if plan.qtype == Q.F16:
-        return arr.astype(np.float16)
-    return quants.quantize(arr, plan.qtype)  # BF16 / Q8_0 as raw bytes
+        raw = permute_qk(raw, plan.n_head)
+    rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
+    dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(plan.qtype, np.uint8)
+    out = np.empty(quants.quant_shape_to_byte_shape(rows.shape, plan.qtype) if dtype == np.uint8 else rows.shape, dtype)
+    step = max(1, CHUNK_BYTES // (4 * rows.shape[1]))
+    for r in range(0, rows.shape[0], step):
+        block = _as_f32(rows[r:r + step], plan.bf16)
+        out[r:r + step] = block.astype(dtype) if dtype != np.uint8 else quants.quantize(block, plan.qtype)
+    return out.reshape(plan.byte_shape if dtype == np.uint8 else plan.shape)
+
+
+def _as_f32(block: np.ndarray, bf16: bool) -> np.ndarray:
+    if bf16:  # bfloat16 is the high half of a float32
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32, copy=False)
+
+
+def _read_raw(info) -> np.ndarray:
+    """One tensor's stored values (no widening): numpy dtype of the safetensors dtype, BF16 as uint16."""
+    if info.dtype not in ("F32", "F16", "BF16", "F64"):
+        raise UnsupportedError(f"tensor {info.name!r} has dtype {info.dtype}, which GGUF export does not convert",
+                               "give a float checkpoint (F32, F16 or BF16)")
+    dtype = np.uint16 if info.dtype == "BF16" else DTYPES[info.dtype][1]
+    count = int(np.prod(info.shape, dtype=np.int64))
+    arr = np.fromfile(info.file, dtype=dtype, count=count, offset=info.begin)
+    if arr.size != count:
+        raise InputError(f"{info.file}: tensor {info.name!r} is cut short", "the file is truncated; re-download it")
+    return arr.reshape(info.shape)
 
 
 def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str = "f16", static: bool = False,
