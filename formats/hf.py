@@ -55,6 +55,10 @@ def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = F
                 shutil.copyfile(src_dir / name, tmp / name)
         _extend_tokenizer_length(tmp / "tokenizer_config.json", spec)
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
+        if spec.position_map is not None:  # DPE / Self-Extend: the index map beside config.json
+            from ropeconvert.formats.dpe_format import hf_files
+
+            extra_files = {**hf_files(spec), **(extra_files or {})}
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         # the manifest: provenance, the spec, and sha256 per file (`ropeconvert verify` re-checks it)

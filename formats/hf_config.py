@@ -72,8 +72,10 @@ def base_rope_from_config(config: dict[str, Any], original_context: int | None =
 
 def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
     """A copy of `config` whose rope is exactly `spec`, in the portable form."""
-    if spec.position_map is not None:
-        raise UnsupportedError(f"{spec.method} is not a frequency method", "write it with the DPE writer")
+    if spec.position_map is not None:  # DPE / Self-Extend: native rope kept, the map in its own block
+        from ropeconvert.formats.dpe_format import hf_config as position_map_config
+
+        return position_map_config(spec, config)
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in _ROPE_KEYS}
     L, target, p = spec.original_context, spec.target_context, spec.params
     out["rope_theta"] = float(spec.rope_theta)

@@ -113,7 +113,14 @@ def verify_hf(export_dir: Path) -> tuple[list[str], list[str]]:
     except Exception as e:  # a damaged config or spec is a finding, not a crash
         problems.append(f"config.json rope could not be read back: {' '.join(str(e).split())[:200]}")
     else:
-        if expected.position_map is None and not _same_rope(expected, written):
+        if expected.position_map is not None:  # DPE / Self-Extend: the `dpe` block and index map carry it
+            from ropeconvert.formats.dpe_format import check_hf_export
+
+            found = check_hf_export(export_dir, config, expected)
+            problems += found
+            if not found:
+                done.append(f"config.json `dpe` block and index map equal the spec's {expected.method} map")
+        elif not _same_rope(expected, written):
             problems.append("config.json rope differs from the spec in the manifest")
         else:
             done.append("config.json rope equals the spec")
