@@ -74,20 +74,21 @@ def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None,
     if to != "gguf":
         check_output(out, force)  # fail before any slow work
     result = ConvertResult(spec, source)
+    from ropeconvert.formats.hub_base import license_of_source  # the card carries the base's licence (issue 5)
+
+    provenance = {"source": source.origin, "source_revision": source.revision, "source_name": source.name,
+                  "source_license": license_of_source(source.kind, source.path)}
     if gguf_out is not None:
         from ropeconvert.formats.gguf import export_gguf
 
         path, notes = export_gguf(source, spec, gguf_out, outtype=outtype, static=static, force=force,
-                                  progress=progress, check_only=to == "both")  # both: refuse before the HF write
+                                  progress=progress, check_only=to == "both",  # both: refuse before the HF write
+                                  provenance=provenance)
         if to == "gguf":
             result.outputs["gguf"], result.notes = path, notes
             return result
     from ropeconvert.formats.hf import write_hf_export
 
-    from ropeconvert.formats.hub_base import license_of_source  # the card carries the base's licence (issue 5)
-
-    provenance = {"source": source.origin, "source_revision": source.revision, "source_name": source.name,
-                  "source_license": license_of_source(source.kind, source.path)}
     path, notes = write_hf_export(hf_checkpoint(source, progress), spec, out, force=force, link=link,
                                   progress=progress, provenance=provenance)
     result.outputs["hf"] = path
@@ -97,7 +98,7 @@ def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None,
             from ropeconvert.formats.gguf import export_gguf
 
             path, notes = export_gguf(source, spec, gguf_out, outtype=outtype, static=static, force=force,
-                                      progress=progress)
+                                      progress=progress, provenance=provenance)
         except BaseException:
             shutil.rmtree(result.outputs.pop("hf"), ignore_errors=True)
             raise

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.formats.gguf_integrity import add_provenance, seal
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
 from ropeconvert.formats.gguf_tokenizer import add_tokenizer
 from ropeconvert.formats.output import atomic_output
@@ -150,7 +151,8 @@ def _read_raw(info) -> np.ndarray:
 
 
 def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str = "f16", static: bool = False,
-                      force: bool = False, progress: bool = True, name: str | None = None) -> tuple[Path, list[str]]:
+                      force: bool = False, progress: bool = True, name: str | None = None,
+                      provenance: dict[str, Any] | None = None) -> tuple[Path, list[str]]:
     """Write `hf_dir` with `spec`'s rope as one GGUF file at `out`; returns its path and notes for the user."""
     config = read_config(hf_dir)
     arch = gguf_arch_for(config)
@@ -167,6 +169,7 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
             writer.add_file_type(int(file_type))
             writer.add_quantization_version(GGML_QUANT_VERSION)
             add_rope(writer, rope, spec)
+            add_provenance(writer, provenance)
             add_tokenizer(writer, hf_dir, int(config["vocab_size"]))
             for tname, arr in rope.tensors.items():
                 writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
@@ -183,6 +186,7 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
                 writer.write_tensor_data(convert_tensor(p))  # the converted tensor is freed before the next one
         finally:
             writer.close()
+        seal(tmp)
         final = Path(out).expanduser().absolute()
     return final, notes
 
@@ -205,7 +209,8 @@ def _add_hparams(writer: GGUFWriter, config: dict[str, Any], arch: str) -> None:
 
 
 def export_gguf(source, spec: RopeSpec, out: Path, *, outtype: str | None = None, static: bool = False,
-                force: bool = False, progress: bool = True, check_only: bool = False) -> tuple[Path | None, list[str]]:
+                force: bool = False, progress: bool = True, check_only: bool = False,
+                provenance: dict[str, Any] | None = None) -> tuple[Path | None, list[str]]:
     """The GGUF export of a resolved Source: HF sources are converted, GGUF sources re-extended byte for byte.
 
     With check_only, only refuse what cannot be written (arch, method, outtype, output path) and write nothing.
@@ -227,6 +232,8 @@ def export_gguf(source, spec: RopeSpec, out: Path, *, outtype: str | None = None
     if source.kind == "gguf":
         from ropeconvert.formats.gguf_reextend import reextend_gguf
 
-        return reextend_gguf(source.path, spec, out, static=static, force=force, progress=progress)
+        return reextend_gguf(source.path, spec, out, static=static, force=force, progress=progress,
+                             provenance={**(provenance or {}), "source_path": str(source.path)})
     return write_gguf_export(source.path, spec, out, outtype=outtype or "f16", static=static, force=force,
-                             progress=progress, name=Path(source.name.rstrip("/")).name)
+                             progress=progress, name=Path(source.name.rstrip("/")).name,
+                             provenance={**(provenance or {}), "source_path": str(source.path)})

@@ -17,12 +17,13 @@ from tqdm import tqdm
 from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.errors import InputError
 from ropeconvert.formats.gguf_read import ROPE_TENSORS, gguf_arch, open_gguf
+from ropeconvert.formats.gguf_integrity import add_provenance, seal
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope, rope_key_names
 from ropeconvert.formats.output import atomic_output
 
 
 def reextend_gguf(src: Path, spec: RopeSpec, out: Path, *, static: bool = False, force: bool = False,
-                  progress: bool = True) -> tuple[Path, list[str]]:
+                  progress: bool = True, provenance: dict | None = None) -> tuple[Path, list[str]]:
     """Write `src` with `spec`'s rope to `out`; tensor data byte-identical. Returns the final path and notes."""
     reader = open_gguf(src)
     arch = gguf_arch(reader)
@@ -38,7 +39,7 @@ def reextend_gguf(src: Path, spec: RopeSpec, out: Path, *, static: bool = False,
         writer = GGUFWriter(str(tmp), arch, endianess=reader.endianess)
         try:
             for f in reader.fields.values():
-                if f.name.startswith("GGUF.") or f.name == Keys.General.ARCHITECTURE or f.name in dropped:
+                if f.name.startswith(("GGUF.", "ropeconvert.")) or f.name == Keys.General.ARCHITECTURE or f.name in dropped:
                     continue  # written by GGUFWriter itself, or replaced below
                 if f.name == Keys.General.ALIGNMENT:
                     writer.add_custom_alignment(int(f.contents()))  # keeps the writer's padding in step with the key
@@ -47,6 +48,7 @@ def reextend_gguf(src: Path, spec: RopeSpec, out: Path, *, static: bool = False,
                 sub = f.types[-1] if kind == GGUFValueType.ARRAY else None
                 writer.add_key_value(f.name, f.contents(), kind, sub_type=sub)
             add_rope(writer, rope, spec)
+            add_provenance(writer, provenance)
             for name, arr in rope.tensors.items():
                 writer.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes)
             for t in tensors:
@@ -61,6 +63,7 @@ def reextend_gguf(src: Path, spec: RopeSpec, out: Path, *, static: bool = False,
                     writer.write_tensor_data(_read_bytes(fin, t), tensor_endianess=reader.endianess)
         finally:
             writer.close()
+        seal(tmp)
         final = Path(out).expanduser().absolute()
     return final, notes
 

@@ -162,15 +162,20 @@ def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .g
 
 
 @app.command()
-def verify(export: Path = typer.Argument(..., help="An export directory written by ropeconvert."),
+def verify(export: Path = typer.Argument(..., help="An export directory or .gguf file written by ropeconvert."),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report problems.")):
-    """Re-check an export against its manifest: sha256 per file, weights byte-identical to the source, rope = spec."""
+    """Re-check an export: sha256 of every file (HF) or of the tensor data (GGUF), weights identical to the source,
+    rope = the spec it was made from."""
     from ropeconvert.errors import InputError
-    from ropeconvert.formats.manifest import verify_hf
+    from ropeconvert.formats.gguf_read import is_gguf
 
-    if not export.is_dir():
-        raise InputError(f"{export} is not an export directory", "pass the directory ropeconvert wrote")
-    problems, done = verify_hf(export)
+    if export.is_dir():
+        from ropeconvert.formats.manifest import verify_hf as check
+    elif export.is_file() and is_gguf(export):
+        from ropeconvert.formats.gguf_integrity import verify_gguf as check
+    else:
+        raise InputError(f"{export} is neither an export directory nor a GGUF file", "pass what ropeconvert wrote")
+    problems, done = check(export)
     for line in ([] if quiet else done):
         typer.echo(f"ok    {line}")
     for line in problems:

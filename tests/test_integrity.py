@@ -72,3 +72,48 @@ def test_verify_ntk_export(tiny_llama, tmp_path):
 
 def test_verify_refuses_non_export(tiny_llama):
     assert_one_line_error(run_cli("verify", tiny_llama), "has no ropeconvert.json")
+
+
+# ---- GGUF exports: the digest sealed inside the file, rope = spec, re-extension bytes = source -----------------
+
+@pytest.fixture
+def gguf_export(tiny_llama, tmp_path):
+    out = tmp_path / "exp.gguf"
+    proc = run_cli(tiny_llama, "-m", "yarn", "-s", "4", "--to", "gguf", "--outtype", "f16", "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_gguf_verify_intact_and_provenance(gguf_export, tiny_llama):
+    from ropeconvert.formats.gguf_read import field, open_gguf
+
+    reader = open_gguf(gguf_export)
+    assert field(reader, "ropeconvert.source_path") == str(tiny_llama)
+    assert len(field(reader, "ropeconvert.tensor_data_sha256")) == 64
+    proc = run_cli("verify", gguf_export)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tensor data sha256 ok" in proc.stdout and "rope keys and tensors equal the spec" in proc.stdout
+
+
+def test_gguf_verify_detects_flipped_byte(gguf_export):
+    data = bytearray(gguf_export.read_bytes())
+    data[-100] ^= 0x01  # inside the last tensor
+    gguf_export.write_bytes(bytes(data))
+    assert_one_line_error(run_cli("verify", gguf_export), "verification failed", "tensor data sha256 differs")
+
+
+def test_gguf_verify_detects_changed_rope(gguf_export):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_export), "r+")  # edit a rope key in place, as gguf-set-metadata would
+    reader.fields["llama.rope.scaling.factor"].parts[-1][0] = 8.0
+    del reader
+    proc = run_cli("verify", gguf_export)
+    assert_one_line_error(proc, "verification failed", "rope metadata differs from the spec: scaling_factor")
+
+
+def test_gguf_reextension_verified_against_source(tmp_path):
+    out = tmp_path / "smol.gguf"
+    assert run_cli("smollm2-135m", "-m", "yarn", "-s", "4", "--to", "gguf", "-o", out, "-q").returncode == 0
+    proc = run_cli("verify", out)
+    assert proc.returncode == 0 and "tensor bytes identical to the source" in proc.stdout, proc.stdout + proc.stderr
