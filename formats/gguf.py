@@ -10,9 +10,10 @@ The rope comes from formats/gguf_rope.py and the tokenizer from formats/gguf_tok
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from gguf import (GGML_QUANT_VERSION, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSORS, GGMLQuantizationType, GGUFWriter,
@@ -131,6 +132,21 @@ def convert_tensor(plan: TensorPlan) -> np.ndarray:
     return out.reshape(plan.byte_shape if dtype == np.uint8 else plan.shape)
 
 
+def converted(plans: list[TensorPlan]) -> Iterator[np.ndarray]:
+    """Converted tensors in order, the next one converted on a second thread while this one is written (numpy's
+    casts and reads, and the file write, run without the GIL), so both cores work; memory holds two tensors."""
+    if not plans:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-convert") as pool:
+        pending = pool.submit(convert_tensor, plans[0])
+        for nxt in plans[1:]:
+            arr = pending.result()
+            pending = pool.submit(convert_tensor, nxt)
+            yield arr
+            del arr
+        yield pending.result()
+
+
 def _as_f32(block: np.ndarray, bf16: bool) -> np.ndarray:
     if bf16:  # bfloat16 is the high half of a float32
         return (block.astype(np.uint32) << 16).view(np.float32)
@@ -163,13 +179,13 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
     with atomic_output(out, force=force, directory=False) as tmp:
         writer = GGUFWriter(str(tmp), arch)
         try:
+            add_provenance(writer, provenance)  # first: the sealed digest covers every key after it
             if name:
                 writer.add_name(name)
             _add_hparams(writer, config, arch)
             writer.add_file_type(int(file_type))
             writer.add_quantization_version(GGML_QUANT_VERSION)
             add_rope(writer, rope, spec)
-            add_provenance(writer, provenance)
             add_tokenizer(writer, hf_dir, int(config["vocab_size"]))
             for tname, arr in rope.tensors.items():
                 writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
@@ -182,8 +198,8 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
             writer.write_ti_data_to_file()
             for arr in rope.tensors.values():
                 writer.write_tensor_data(arr)
-            for p in tqdm(plans, desc="write GGUF", unit="tensor", disable=not progress):
-                writer.write_tensor_data(convert_tensor(p))  # the converted tensor is freed before the next one
+            for arr in tqdm(converted(plans), total=len(plans), desc="write GGUF", unit="tensor", disable=not progress):
+                writer.write_tensor_data(arr)  # freed before the one after next is converted
         finally:
             writer.close()
         seal(tmp)

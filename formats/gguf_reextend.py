@@ -38,6 +38,7 @@ def reextend_gguf(src: Path, spec: RopeSpec, out: Path, *, static: bool = False,
     with atomic_output(out, force=force, directory=False) as tmp:
         writer = GGUFWriter(str(tmp), arch, endianess=reader.endianess)
         try:
+            add_provenance(writer, provenance)  # first: the sealed digest covers every key after it
             for f in reader.fields.values():
                 if f.name.startswith(("GGUF.", "ropeconvert.")) or f.name == Keys.General.ARCHITECTURE or f.name in dropped:
                     continue  # written by GGUFWriter itself, or replaced below
@@ -48,7 +49,6 @@ def reextend_gguf(src: Path, spec: RopeSpec, out: Path, *, static: bool = False,
                 sub = f.types[-1] if kind == GGUFValueType.ARRAY else None
                 writer.add_key_value(f.name, f.contents(), kind, sub_type=sub)
             add_rope(writer, rope, spec)
-            add_provenance(writer, provenance)
             for name, arr in rope.tensors.items():
                 writer.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes)
             for t in tensors:

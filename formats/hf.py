@@ -84,8 +84,7 @@ def _place_weights(files: list[Path], tmp: Path, *, link: bool, progress: bool) 
     hashes: dict[str, str | None] = {}
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copy weights", disable=not progress) as bar:
         for f in files:
-            with open(f, "rb") as src, open(tmp / f.name, "wb") as dst:
-                hashes[f.name] = copy_and_hash(src, dst, bar.update)
+            hashes[f.name] = copy_and_hash(f, tmp / f.name, bar.update)
     return hashes
 
 

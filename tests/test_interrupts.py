@@ -112,7 +112,7 @@ def test_disk_full_in_process(tiny_llama, tmp_path, monkeypatch):
     real = manifest.copy_and_hash
 
     def failing_copy(src, dst, on_chunk=None):
-        dst.write(src.read(1000))
+        dst.write_bytes(src.read_bytes()[:1000])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("ropeconvert.formats.hf.copy_and_hash", failing_copy)
