@@ -1,6 +1,6 @@
 """HF → GGUF export, streamed: every tensor info is registered first, then tensors are converted and written one at
 a time (gguf's add_tensor_info / write_tensor_data, as its gguf_new_metadata script does), so peak memory is about
-one tensor whatever the model size (bench/gguf_memory.py measures it).
+one tensor whatever the model size (bench/convert.py measures it at 1.5 and 3 GB).
 
 Names go through gguf's own HF→GGUF tensor map, restricted to the tensors the arch really has. The llama arch runs
 llama.cpp's NORM (interleaved-pair) rope, so Q/K rows are permuted from HF's rotate-half order; qwen2/qwen3/phi3 run
