@@ -97,3 +97,22 @@ def test_sweep_means_and_skips_short_documents(tiny, text_ids):
         vals = [v[i] for v in res.per_document.values() if v[i] is not None]
         assert res.mean[i] == pytest.approx(float(np.mean(vals)))
     assert all(v[1] is not None for k, v in res.per_document.items() if k != "short")
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_chunked_loss_and_ppl(tiny_llama, text_ids):
+    """On CUDA the runtime is bf16 + SDPA; the chunked loss (taken in f32) still equals the full-logits loss on the
+    same device, and the perplexity stays close to the CPU f32 one."""
+    gpu = rt.load(tiny_llama, device="cuda")
+    assert gpu.dtype == torch.bfloat16
+    ids = torch.tensor([[1] + text_ids[:300]], device="cuda")
+    with torch.inference_mode():
+        logits = gpu.model(input_ids=ids).logits[0, :-1].float()
+    full = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
+    nll, _ = P.token_nll(gpu.model, ids[0].tolist(), chunk=32)
+    assert abs(nll.mean() - full) <= 1e-3 * max(1.0, abs(full))
+    cpu = rt.load(tiny_llama, device="cpu")
+    doc = text_ids[:600]
+    want = P.document_ppl(cpu.model, doc, 256, bos_id=1, stride=128, truncate=False)
+    got = P.document_ppl(gpu.model, doc, 256, bos_id=1, stride=128, truncate=False)
+    assert got == pytest.approx(want, rel=0.02)

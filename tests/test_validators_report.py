@@ -167,3 +167,18 @@ def test_bad_input_is_one_line(validated, tiny_llama, args, needles):
     proc = run_cli(*[a.replace("{export}", str(out)) for a in args], "--base", tiny_llama, "-q",
                    env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(proc, *needles)
+
+
+def test_write_turns_non_finite_into_null_and_fails(tmp_path):
+    tasks = {"ppl": {"lengths": [4, 8], "base": [10.0, 12.0], "extended": [10.5, float("nan")],
+                     "per_document": {"base": {"d": [10.0, 12.0]}, "extended": {"d": [10.5, float("inf")]}}}}
+    report = {"schema": R.SCHEMA_ID, "created": R.now(), "export": str(tmp_path), "base": "b", "spec": None,
+              "runtime": {"device": "cpu", "dtype": "float32", "torch": "x", "transformers": "y"},
+              "corpus": {"name": "t", "documents": ["d"]}, "tasks": tasks, "checks": R.checks(tasks, 4)}
+    path = R.write(report, tmp_path / "r", R.figures(tasks, 4, 8))
+    written = json.loads(path.read_text())  # strict JSON: no NaN
+    jsonschema.validate(written, SCHEMA)
+    assert written["tasks"]["ppl"]["extended"] == [10.5, None]
+    assert written["tasks"]["ppl"]["per_document"]["extended"]["d"] == [10.5, None]
+    assert not written["passed"] and {c["name"]: c["passed"] for c in written["checks"]}["ppl_finite"] is False
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["ppl.png", "report.json", "report.md"]

@@ -227,6 +227,7 @@ def _pct(v: float | None) -> str:
 def write(report: dict[str, Any], out_dir: Path, figs: dict[str, Any]) -> Path:
     """Validate, then write the plots, report.md and report.json (last, so its presence means complete)."""
     report = dict(report, plots={name: f"{name}.png" for name in figs}, markdown="report.md")
+    report["tasks"] = _finite(report["tasks"])  # JSON has no NaN/inf: null, and the ppl_finite check says why
     report["checks"] = report.get("checks") or []
     report["passed"] = bool(report["checks"]) and all(c["passed"] for c in report["checks"])
     check_schema(report)
@@ -241,6 +242,16 @@ def write(report: dict[str, Any], out_dir: Path, figs: dict[str, Any]) -> Path:
     _atomic_text(out_dir / "report.md", markdown(report))
     _atomic_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return out_dir / "report.json"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _atomic_text(path: Path, text: str) -> None:
