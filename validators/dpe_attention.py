@@ -19,6 +19,7 @@ Key positions: slot j of the cache holds position j − offset, with the per-row
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,7 +27,9 @@ import torch
 
 from ropeconvert.errors import InputError, UnsupportedError
 
-SCORE_BUDGET = 64 << 20  # bytes of float32 scores per query chunk
+CHUNK = 512  # queries per chunk on the fused CPU kernel (its masks are chunk × (W + chunk))
+SCORE_BUDGET = 64 << 20  # bytes of float32 scores per query chunk on the eager path (CUDA)
+USE_FUSED = True  # tests switch it off to check the eager path against the same reference
 _MAP_ATTR, _PLAN_ATTR = "_ropeconvert_position_map", "_ropeconvert_dpe_plan"
 _TABLES: dict[tuple, "_AngleTable"] = {}
 
@@ -181,18 +184,72 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: i
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., rotary_dim:]), dim=-1)
 
 
-def _by_group(a: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
-    """a [B, H, n, X] @ b [B, Hkv, X, m] with query heads grouped over their kv head (no repeat_kv copy)."""
-    B, _, n, X = a.shape
-    kv = b.shape[1]
-    return (a.reshape(B, kv, (heads // kv) * n, X) @ b).reshape(B, heads, n, -1)
+def _fused_ok(q: torch.Tensor) -> bool:
+    return USE_FUSED and q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+@functools.lru_cache(maxsize=32)
+def _mask(kind: str, n: int, off: int, m: int, window: int, device: torch.device, dtype: torch.dtype):
+    """Which of m keys the n queries of a chunk may see, (allowed bool, additive bias, dead rows): query i and key
+    column c are off + i − c apart; "mid" keeps distances ≥ W (grouped), "band" 0 ≤ distance < W (exact). Chunks
+    repeat the same geometry, so this is built once and shared by every layer."""
+    dist = off + torch.arange(n, device=device)[:, None] - torch.arange(m, device=device)[None]
+    ok = dist >= window if kind == "mid" else (dist >= 0) & (dist < window)
+    return ok, torch.where(ok, 0.0, -math.inf).to(dtype), ~ok.any(-1)
+
+
+def _part(q, k, v, mask, keep, scale):
+    """softmax(q·kᵀ·scale) · v over the allowed keys, and its log-sum-exp per query: (out [B, H, n, D],
+    lse [B, H, n]). `mask` is a _mask() triple (None: all keys) and `keep` [B, m] the key padding (None: none).
+
+    On CPU torch's fused flash kernel returns both without materialising the scores; elsewhere (CUDA, or if the
+    kernel refuses) the scores of one part are materialised, which the chunking keeps at O(chunk · L)."""
+    bias = dead = None
+    if mask is not None:
+        _, bias, dead = mask
+    if keep is not None:  # padding: combine per row of the batch (rare: not cached)
+        ok = keep[:, None, None, :] & (mask[0] if mask is not None else True)
+        bias, dead = torch.where(ok, 0.0, -math.inf).to(q.dtype), ~ok.any(-1)
+    if _fused_ok(q):
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
+                                                                              attn_mask=bias, scale=scale)
+            if dead is not None:  # the kernel reports a query with no allowed key as lse 0, out 0: make it −inf
+                lse = lse.float().masked_fill(dead, -math.inf)
+            return out.float(), lse.float()
+        except RuntimeError:  # an unsupported dtype or layout: the eager form below gives the same result
+            pass
+    scores = (q @ k.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        scores = scores + bias
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse[..., None]).nan_to_num_(0.0) @ v.float(), lse
+
+
+def _merge(parts):
+    """One softmax over the union of the parts' keys, from their outputs and log-sum-exps."""
+    if len(parts) == 1:
+        return parts[0][0]
+    lse = torch.stack([p[1] for p in parts])
+    weight = torch.exp(lse - lse.amax(0)).nan_to_num_(0.0)  # a part with no key for a query weighs 0
+    weight = weight / weight.sum(0).clamp_min(1e-30)
+    out = parts[0][0] * weight[0][..., None]
+    for w, (o, _) in zip(weight[1:], parts[1:]):
+        out.addcmul_(o, w[..., None])
+    return out
 
 
 def dpe_attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0,
                   position_ids=None, **kwargs):
-    """The attention function transformers calls: q [B, H, Q, D], k/v [B, Hkv, K, D] → ([B, Q, H, D], None)."""
+    """The attention function transformers calls: q [B, H, Q, D], k/v [B, Hkv, K, D] → ([B, Q, H, D], None).
+
+    Per chunk of queries at slots [s0, s1) the keys split into three parts whose softmaxes are merged by
+    log-sum-exp: [0, s0−W+1) — grouped positions for every query of the chunk (no mask); [s0−W+1, s1−W) — grouped
+    where the distance is ≥ W (a triangle mask); [s0−W+1, s1) — exact positions where 0 ≤ distance < W."""
+    if dropout and module.training:
+        raise UnsupportedError("the DPE attention is for inference: it has no attention dropout", "call model.eval()")
     B, H, Q, D = query.shape
-    K = key.shape[2]
+    K, kv = key.shape[2], key.shape[1]
     plan = _plan(module, query.device)
     scaling = D ** -0.5 if scaling is None else scaling
     dev = query.device
@@ -207,38 +264,36 @@ def dpe_attention(module, query, key, value, attention_mask, scaling=None, dropo
     if given.shape[-1] != Q or bool(((given != qpos) & real).any()):
         raise UnsupportedError("DPE attention needs each sequence's positions to count up with its cache slots",
                                "no packed sequences; left padding is fine")
-    W = plan.window if not plan.local_only else math.inf
+    if keep is not None and bool(keep.all()):
+        keep = None
+    W = K + 1 if plan.local_only else plan.window  # nothing rescaled in this layer: every key is "local"
+    # GQA: the grouped keys depend on the query head (its own selection), so everything is per query head
+    rep = lambda x: x[:, :, None].expand(B, kv, H // kv, K, D).reshape(B, H, K, D)  # noqa: E731
+    k_local, v_all = rep(key), rep(value)
     if not plan.local_only:
         t = plan.table.ensure(int(qpos.max()) + 1)
-        g = plan.gidx[None, :, None, :]  # [1, H, 1, pairs]
-        pair = torch.arange(g.shape[-1], device=dev)
+        g, pair = plan.gidx[None, :, None, :], torch.arange(plan.gidx.shape[-1], device=dev)
         at_k = (g, kpos[:, None, :, None], pair)
-        k_all = key[:, :, None].expand(B, key.shape[1], H // key.shape[1], K, D).reshape(B, H, K, D)
-        k_grouped = _rotate(k_all, t.ck[at_k], t.sk[at_k], plan.rotary_dim).to(query.dtype)
-    chunk = max(1, min(Q, SCORE_BUDGET // max(1, 4 * B * H * K)))
+        k_grouped = _rotate(k_local, t.ck[at_k], t.sk[at_k], plan.rotary_dim).to(query.dtype)
+    pad = lambda lo, hi: None if keep is None else keep[:, lo:hi]  # noqa: E731
+    if K - W > 0:  # some key is W or more away from some query: the queries at their grouped positions
+        at_q = (g, qpos[:, None, :, None], pair)
+        q_grouped_all = _rotate(query, t.cq[at_q], t.sq[at_q], plan.rotary_dim).to(query.dtype)
+    chunk = min(Q, CHUNK) if _fused_ok(query) else max(1, min(Q, SCORE_BUDGET // max(1, 4 * B * H * K)))
     out = torch.empty(B, Q, H, D, dtype=query.dtype, device=dev)
     for t0 in range(0, Q, chunk):
         t1 = min(Q, t0 + chunk)
-        q = query[:, :, t0:t1]
-        slots = torch.arange(K - Q + t0, K - Q + t1, device=dev)
-        hi = K - Q + t1  # keys past the chunk's last slot are in its future
-        lo = 0 if plan.local_only else max(0, K - Q + t0 - plan.window + 1)
-        local = _by_group(q, key[:, :, lo:hi].transpose(-1, -2), H).float() * scaling
-        dist = slots[:, None] - torch.arange(lo, hi, device=dev)[None]  # [n, hi - lo]
-        if plan.local_only or hi - plan.window <= 0:  # no key of this chunk is W or more away (and lo = 0)
-            scores = local
-        else:
-            at_q = (g, qpos[:, None, t0:t1, None], pair)
-            q_grouped = _rotate(q, t.cq[at_q], t.sq[at_q], plan.rotary_dim).to(query.dtype)
-            ghi = hi - plan.window  # only keys at distance ≥ W use grouped positions
-            scores = local.new_full((B, H, t1 - t0, hi), -math.inf)
-            scores[..., :ghi] = (q_grouped @ k_grouped[:, :, :ghi].transpose(-1, -2)).float() * scaling
-            scores[..., lo:] = torch.where(dist < W, local, scores[..., lo:])
-        scores[..., lo:] = scores[..., lo:].masked_fill(dist < 0, -math.inf)
-        if keep is not None:
-            scores = scores.masked_fill(~keep[:, None, None, :hi], -math.inf)
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a fully padded row attends to nothing
-        if dropout and module.training:
-            probs = torch.nn.functional.dropout(probs, p=dropout)
-        out[:, t0:t1] = _by_group(probs.to(value.dtype), value[:, :, :hi], H).transpose(1, 2)
+        n, s0, s1 = t1 - t0, K - Q + t0, K - Q + t1
+        a, ghi = max(0, s0 - W + 1), max(0, s1 - W)  # grouped for all queries below a; for some below ghi
+        parts = []
+        if ghi > 0:
+            q_grouped = q_grouped_all[:, :, t0:t1]
+            if a > 0:
+                parts.append(_part(q_grouped, k_grouped[:, :, :a], v_all[:, :, :a], None, pad(0, a), scaling))
+            if ghi > a:
+                mid = _mask("mid", n, s0 - a, ghi - a, W, dev, query.dtype)
+                parts.append(_part(q_grouped, k_grouped[:, :, a:ghi], v_all[:, :, a:ghi], mid, pad(a, ghi), scaling))
+        band = None if n == 1 else _mask("band", n, s0 - a, s1 - a, W, dev, query.dtype)  # 1 query: all local
+        parts.append(_part(query[:, :, t0:t1], k_local[:, :, a:s1], v_all[:, :, a:s1], band, pad(a, s1), scaling))
+        out[:, t0:t1] = _merge(parts).transpose(1, 2).to(out.dtype)
     return out, None

@@ -194,7 +194,11 @@ def load(model: str | Path, spec: RopeSpec | None = None, *, device: str | None 
             # pitfall 14: Mistral's sliding window would hide everything past 4k from a long-context test
             kwargs["sliding_window"] = None
             notes.append(f"sliding window ({config['sliding_window']}) disabled for long-context evaluation")
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **kwargs)
+        if "dpe" in config:  # a DPE / Self-Extend export: its own attention (registered by `import ropeconvert`)
+            from ropeconvert.validators.dpe_register import ATTN_NAME as attn
+        else:
+            attn = "sdpa"
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
     except OSError as e:
         raise InputError(f"cannot load {path} in transformers ({' '.join(str(e).split())[:160]})",
                          "pass an HF model directory with config.json, tokenizer and safetensors weights") from None
