@@ -68,7 +68,12 @@ def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None,
         raise UnsupportedError(f"unknown export target {to!r}", f"choose one of: {', '.join(TARGETS)}")
     source = resolve(model, revision=revision, progress=progress)
     base = base_rope(source, original_context, replace_scaling)
-    spec = build_spec(method, base, **(knobs or {}))
+    knobs = dict(knobs or {})
+    if method == "dpe" and knobs.get("topk") is not None and knobs.get("dpe_map") is None:
+        from ropeconvert.convert.search.dpe_select import selection_for  # DPE's top-k pairs, measured on the model
+
+        knobs["selected"] = selection_for(source, base, knobs, progress)
+    spec = build_spec(method, base, **knobs)
     out = Path(out) if out is not None else default_out(source, spec, to)
     gguf_out = None if to == "hf" else (out if to == "gguf" else Path(str(out) + ".gguf"))
     if to != "gguf":

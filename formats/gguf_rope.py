@@ -17,6 +17,8 @@ src/llama-context.cpp context setup, src/models/{llama,qwen2,qwen3,phi3}.cpp, gg
 - llama3, and yarn with custom betas: per-pair divisors of θ_i, as `rope_freqs` (llama) or as equal long and short
   factors (phi3, which loads no `rope_freqs`), with no scaling type so nothing is applied twice.
 - qwen2/qwen3 pass no factor tensor to ggml_rope_ext: only freq_base, linear and YaRN with default betas exist there.
+- dpe/selfextend (position maps) cannot be expressed at all: formats/dpe_format.py writes the exact map as
+  `ropeconvert.dpe.*` metadata and a labelled `rope_freqs` approximation (llama arch only).
 """
 from __future__ import annotations
 
@@ -61,17 +63,20 @@ class GgufRope:
     attn_factor: float | None = None
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)  # extra keys (DPE's ropeconvert.dpe.* map)
 
 
 def gguf_rope(spec: RopeSpec, arch: str, static: bool = False) -> GgufRope:
     """How `spec` is written for `arch`; raises UnsupportedError (naming the arch and what it takes) when it can't be."""
     if arch not in PER_PAIR:
         raise UnsupportedError(f"GGUF architecture {arch!r} is not supported for export", f"supported: {', '.join(PER_PAIR)}")
-    if spec.position_map is not None:
-        raise UnsupportedError(f"{spec.method} is a position-map method, not a frequency method",
-                               "GGUF export of position maps is not available; use --to hf")
     common = dict(context_length=spec.target_context, original_context=spec.original_context,
                   dimension_count=spec.base.rotary_dim, freq_base=float(spec.rope_theta))
+    if spec.position_map is not None:  # DPE / Self-Extend: exact map as metadata + a rope_freqs approximation
+        from ropeconvert.formats.dpe_format import gguf_parts
+
+        tensors, metadata, notes = gguf_parts(spec, arch, PER_PAIR[arch])
+        return GgufRope(**common, tensors=tensors, metadata=metadata, notes=notes)
     s, A = spec.scale, spec.attention_factor
     if spec.dynamic_factor is not None:
         if not static:
@@ -123,6 +128,10 @@ def add_rope(writer: GGUFWriter, rope: GgufRope, spec: RopeSpec | None = None) -
         writer.add_rope_scaling_attn_factors(rope.attn_factor)
     if spec is not None:
         writer.add_string(SPEC_KEY, json.dumps(spec.to_dict(), separators=(",", ":")))
+    if rope.metadata:
+        from ropeconvert.formats.dpe_format import add_gguf_metadata
+
+        add_gguf_metadata(writer, rope.metadata)
 
 
 def rope_key_names(arch: str) -> set[str]:
@@ -131,7 +140,9 @@ def rope_key_names(arch: str) -> set[str]:
     keys = {k.FREQ_BASE, k.SCALING_TYPE, k.SCALING_FACTOR, k.SCALING_ATTN_FACTOR, k.SCALING_ORIG_CTX_LEN,
             k.SCALING_FINETUNED, k.SCALING_YARN_LOG_MUL, k.SCALING_YARN_EXT_FACTOR, k.SCALING_YARN_ATTN_FACTOR,
             k.SCALING_YARN_BETA_FAST, k.SCALING_YARN_BETA_SLOW, k.DIMENSION_COUNT, Keys.LLM.CONTEXT_LENGTH}
-    return {key.format(arch=arch) for key in keys} | {f"{arch}.rope.scale_linear", SPEC_KEY}
+    from ropeconvert.formats.dpe_format import GGUF_KEYS
+
+    return {key.format(arch=arch) for key in keys} | {f"{arch}.rope.scale_linear", SPEC_KEY, *GGUF_KEYS}
 
 
 def read_rope(reader) -> GgufRope:

@@ -75,6 +75,11 @@ def convert(
     factors: Optional[Path] = typer.Option(None, "--factors", help="longrope: factor file (CSV, JSON, Phi-3 config.json, search output)."),
     short_factors: Optional[Path] = typer.Option(None, "--short-factors", help="longrope: short factor file."),
     allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone", help="longrope: accept non-monotone factors."),
+    window: Optional[int] = typer.Option(None, "--window", help="dpe/selfextend: neighbour window W of exact positions (default original/8)."),
+    group_size: Optional[float] = typer.Option(None, "--group-size", help="selfextend: group size G (default: the smallest power of two keeping W+(N−W)/G ≤ original/2)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="dpe: one scale g per dimension group, e.g. 2,8,2,8 (from `ropeconvert search --method dpe`)."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="dpe: rescale only the top-k pairs per (layer, head) by mean ‖q_i‖·‖k_i‖ (measured on the model; default all)."),
+    dpe_map: Optional[Path] = typer.Option(None, "--dpe-map", help="dpe: the dpe_map.json a DPE search wrote (window, scales, selection)."),
     replace_scaling: bool = typer.Option(False, "--replace-scaling", help="Replace rope scaling the source already has."),
     outtype: Optional[str] = typer.Option(None, "--outtype", help="GGUF tensor type for HF sources: f32, f16 (default), bf16 or q8_0. GGUF sources are copied as they are."),
     static: bool = typer.Option(False, "--static", help="GGUF: bake dynamic NTK at the target length (llama.cpp has no dynamic NTK)."),
@@ -98,7 +103,8 @@ def convert(
     knobs = dict(factor=factor, target_context=target_context, beta_fast=beta_fast, beta_slow=beta_slow,
                  attention_factor=attention_factor, mscale=mscale, mscale_all_dim=mscale_all_dim,
                  low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor, factors=factors,
-                 short_factors=short_factors, allow_non_monotone=allow_non_monotone or None)
+                 short_factors=short_factors, allow_non_monotone=allow_non_monotone or None, window=window,
+                 group_size=group_size, scales=scales, topk=topk, dpe_map=dpe_map)
     result = run(model, method, to=to, out=out, knobs=knobs, original_context=original_context, force=force,
                  link=link, replace_scaling=replace_scaling, revision=revision, progress=not quiet,
                  outtype=outtype, static=static)
@@ -107,8 +113,14 @@ def convert(
         s = result.spec
         say(f"{s.method}: {s.original_context} → {s.target_context} tokens (s = {s.scale:g}), "
             f"rope_theta {s.rope_theta:g}, attention factor {s.attention_factor:.6g}")
-        for note in result.notes:
-            say(f"note: {note}")
+        if s.position_map is not None:
+            pm = s.position_map
+            chosen = "all pairs" if pm.selected is None else f"top {int(pm.selected[0, 0].sum())} of {pm.n_pairs} pairs"
+            say(f"position map: window {pm.window}, pair groups {list(pm.boundaries)}, scales "
+                f"{[float(f'{g:g}') for g in pm.scales]}, {chosen} per (layer, head); runs in transformers with "
+                "`import ropeconvert` (attn_implementation ropeconvert_dpe)")
+        for note in result.notes:  # llama.cpp running an approximation of a position map is a warning
+            say(f"{'warning' if note.startswith('APPROXIMATION') else 'note'}: {note}")
         for kind, path in result.outputs.items():
             say(f"wrote {kind.upper()} export: {path}")
     if validate or push is not None:  # --push implies --validate: only validated exports are published
@@ -272,6 +284,7 @@ def validate(
 SEARCH_EXAMPLES = [
     "ropeconvert search smollm2-135m --method longrope --target-context 16384 --budget 250 --population 32 --out smol-lr-16k",
     "ropeconvert search smollm2-135m --method longrope2 --target-context 16384 --short --out smol-lr2-16k",
+    "ropeconvert search smollm2-135m --method dpe --target-context 16384 --groups 4 --out smol-dpe-16k",
     "ropeconvert search smollm2-135m --method longrope --target-context 16384 --budget 250 --population 32 --out smol-lr-16k --resume",
     "ropeconvert smollm2-135m --method longrope --factors smol-lr-16k/factors.json --to both",
 ]
@@ -280,7 +293,7 @@ SEARCH_EXAMPLES = [
 @app.command(epilog="Examples:\n\n" + "\n\n".join(SEARCH_EXAMPLES))
 def search(
     model: str = typer.Argument(..., help="Base model: alias, Hub id, HF directory or .gguf file."),
-    method: str = typer.Option("longrope", "--method", "-m", help="longrope (all pairs, PI/NTK/YaRN seeds) or longrope2 (critical dim, needle perplexity)."),
+    method: str = typer.Option("longrope", "--method", "-m", help="longrope (all pairs, PI/NTK/YaRN seeds), longrope2 (critical dim, needle perplexity) or dpe (per-group scales by 4-needle retrieval)."),
     target_context: Optional[int] = typer.Option(None, "--target-context", "-t", help="Length the factors are searched for."),
     factor: Optional[float] = typer.Option(None, "--factor", "-s", help="Scale s = target / original (instead of --target-context)."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Evaluations per phase at most (default population + generations × population/2; the paper's 64/40 → 1344)."),
@@ -300,11 +313,22 @@ def search(
     critical_dim: Optional[int] = typer.Option(None, "--critical-dim", help="longrope2: first searched pair (default ⌈(d/2)·log_θ(L/2π)⌉ − 1)."),
     original_context: Optional[int] = typer.Option(None, "--original-context", help="Override the trained length from the config."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    window: Optional[int] = typer.Option(None, "--window", help="dpe: neighbour window W (default original/8)."),
+    groups: int = typer.Option(8, "--groups", help="dpe: dimension groups (even split of the frequency pairs)."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="dpe: pairs rescaled per (layer, head) (default 3/4 of them)."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="dpe: candidate effective lengths ℓ, scale g = target/ℓ (default target, target/2, … ≥ W)."),
+    fixed_scale: Optional[float] = typer.Option(None, "--fixed-scale", help="dpe: scale of the groups not being probed (default 2·s)."),
+    samples: int = typer.Option(1, "--samples", help="dpe: 4-needle prompts per evaluation."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Run at most N generations now, then leave the checkpoint for --resume."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
-    """Search LongRoPE / LongRoPE2 rescale factors on the model itself; writes factors.json, search_log.json, search.png."""
+    """Search LongRoPE / LongRoPE2 rescale factors, or DPE group scales, on the model itself; writes factors.json
+    (dpe: dpe_map.json), a JSON log of every evaluation and search.png."""
+    if method == "dpe":
+        return _search_dpe(model, target_context, factor, window, groups, topk, lengths, fixed_scale, samples, budget,
+                           seed, out, resume, force, str(text) if text else corpus, original_context, device, quiet,
+                           as_json)
     from ropeconvert.convert.search.run import SearchOptions, search as run
 
     result = run(SearchOptions(
@@ -328,6 +352,29 @@ def search(
         typer.echo(f"export: ropeconvert {model} --method longrope --factors {result.factors}")
     else:
         typer.echo(f"stopped early; continue with: ropeconvert search … --out {result.out} --resume")
+
+
+def _search_dpe(model, target_context, factor, window, groups, topk, lengths, fixed_scale, samples, budget, seed, out,
+                resume, force, text, original_context, device, quiet, as_json) -> None:
+    from ropeconvert.convert.search.dpe import DpeOptions, search as run
+    from ropeconvert.validators.command import parse_list
+
+    result = run(DpeOptions(
+        model, target_context=target_context, factor=factor, window=window, groups=groups, topk=topk,
+        lengths=parse_list("--lengths", lengths), fixed_scale=fixed_scale, samples=samples, budget=budget, seed=seed,
+        out=out, resume=resume, force=force, text=text, original_context=original_context, device=device,
+        progress=not quiet))
+    if as_json:
+        typer.echo(json.dumps({"out": str(result.out), "map": str(result.map), "scales": result.scales,
+                               "groups": result.groups, "evaluations": result.evaluations,
+                               "seconds": round(result.seconds, 3)}, indent=2))
+        return
+    for g in result.groups:
+        typer.echo(f"group {g['group']} (pairs {g['pairs'][0]}–{g['pairs'][1] - 1}): scale {g['scale']:g}, "
+                   f"{g['retrieved']:.0%} of needles retrieved, needle NLL {g['nll'] if g['nll'] is None else round(g['nll'], 3)}")
+    typer.echo(f"{result.evaluations} evaluations ({result.new_evaluations} new); wrote {result.map}, {result.log}, "
+               f"{result.plot}")
+    typer.echo(f"export: ropeconvert {model} --method dpe --dpe-map {result.map}")
 
 
 def _note(message: str) -> None:
