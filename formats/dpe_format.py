@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -184,6 +183,3 @@ def _int(config: dict[str, Any], key: str) -> int:
         raise InputError(f"config.json: {key} must be a positive integer, got {value!r}")
     return value
 
-
-def describe(block: dict[str, Any]) -> str:
-    return json.dumps({k: block.get(k) for k in ("method", "window", "group_boundaries", "scales", "index_map")})

@@ -34,6 +34,16 @@ def _describe_hf(path: Path) -> dict[str, Any]:
                             "rope_theta": base.rope_theta, "head_dim": base.head_dim, "rotary_dim": base.rotary_dim,
                             "original_context": base.original_context,
                             "max_position_embeddings": config.get("max_position_embeddings")}
+    if "dpe" in config:  # DPE / Self-Extend: the native rope stays; the map is the `dpe` block + index map
+        from ropeconvert.formats.dpe_format import read_hf_map
+
+        pm = read_hf_map(path, config)
+        block = config["dpe"]
+        info.update({"position_map": block.get("method"), "target_context": block.get("target_context"),
+                     "window": pm.window, "group_boundaries": list(pm.boundaries), "scales": list(pm.scales),
+                     "selected": "all pairs" if pm.selected is None else
+                     f"{int(pm.selected.sum())} of {pm.selected.size} (layer, head, pair) slots ({block['index_map']})",
+                     "attn_implementation": config.get("attn_implementation")})
     if spec is not None:
         info["target_context"] = spec.target_context
         info["scale"] = round(spec.scale, 6)

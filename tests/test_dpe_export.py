@@ -109,6 +109,10 @@ def test_hf_export_keeps_the_rope_and_adds_block_and_index_map(tiny_llama, dpe_s
     assert hashlib.sha256(data).hexdigest() == block["index_map_sha256"]
     assert np.array_equal(load_file(out / block["index_map"])["selected"], sel().astype(np.uint8))
     assert dpe_format.read_hf_map(out, cfg) == dpe_spec.position_map
+    from ropeconvert.formats.inspect import describe
+
+    info = describe(out)
+    assert (info["position_map"], info["scales"], info["target_context"]) == ("dpe", [2.0, 4.0, 1.0, 8.0], 512)
     problems, done = verify_hf(out)
     assert not problems and any("`dpe` block and index map equal" in d for d in done)
     # a changed selection is caught twice: by its sha256 in the manifest and against config.json
