@@ -13,6 +13,7 @@ with the source file's bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ def add_provenance(writer: GGUFWriter, provenance: dict[str, Any] | None) -> Non
     writer.add_string(DIGEST_KEY, PLACEHOLDER)
     for key in PROVENANCE_KEYS:
         value = (provenance or {}).get(key)
-        if value:
-            writer.add_string(f"ropeconvert.{key}", str(value))
+        if value:  # the licence is a dict (id, name, link): JSON, so the card can read it back
+            writer.add_string(f"ropeconvert.{key}", json.dumps(value) if isinstance(value, dict) else str(value))
 
 
 def _digest_at(path: Path) -> int | None:

@@ -99,6 +99,8 @@ def _load_gguf(path: Path) -> Export:
     spec = json.loads(embedded) if isinstance(embedded, str) and embedded.startswith("{") else (report or {}).get("spec")
     provenance = {k: rope[f"ropeconvert.{k}"] for k in ("source", "source_revision", "source_name", "source_license")
                   if f"ropeconvert.{k}" in rope}
+    if isinstance(provenance.get("source_license"), str) and provenance["source_license"].startswith("{"):
+        provenance["source_license"] = json.loads(provenance["source_license"])  # written as JSON by add_provenance
     sibling = path.with_suffix("") / PROVENANCE_FILE  # `--to both` wrote the HF export (with provenance) beside it
     if "source" not in provenance and sibling.is_file() and spec is not None:
         recorded = _read_json(sibling)
