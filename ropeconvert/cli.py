@@ -1,7 +1,7 @@
 """The command line: a thin typer shell over convert/pipeline.py and friends.
 
 `ropeconvert MODEL --method M …` is the main command (the group forwards anything that is not a subcommand name to
-`convert`); subcommands: methods, inspect, verify, publish (and search, validate as they land). Errors become one line
+`convert`); subcommands: methods, inspect, verify here; publish, validate (cli_publish_validate.py) and search (cli_search.py). Errors become one line
 "error: <problem> — <fix>" and exit code 2; ROPECONVERT_DEBUG=1 shows tracebacks.
 """
 from __future__ import annotations
@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
 from ropeconvert import __version__
+from ropeconvert.cli_publish_validate import PUBLISH_EXAMPLES, VALIDATE_EXAMPLES, note as _note, publish, validate
+from ropeconvert.cli_search import SEARCH_EXAMPLES, search
 from ropeconvert.errors import RopeConvertError
 
 DEBUG_ENV = "ROPECONVERT_DEBUG"
@@ -198,187 +200,10 @@ def verify(export: Path = typer.Argument(..., help="An export directory or .gguf
     typer.echo(f"{export}: intact")
 
 
-PUBLISH_EXAMPLES = [
-    "ropeconvert publish smollm2-135m-yarn-16k --repo my-org/smollm2-135m-yarn-16k --dry-run",
-    "ropeconvert publish smollm2-135m-yarn-16k.gguf --repo my-org/smollm2-135m-yarn-16k-GGUF --private",
-]
-
-
-VALIDATE_EXAMPLES = [
-    "ropeconvert validate smollm2-135m-yarn-16k --base smollm2-135m --tasks ppl,passkey --lengths 4096,8192,16384",
-    "ropeconvert validate out.gguf --base model.gguf --tasks ppl --text my_books/",
-    "ropeconvert validate --parity smollm2-135m-yarn-16k smollm2-135m-yarn-16k.gguf",
-]
-
-
-@app.command(epilog="Examples:\n\n" + "\n\n".join(PUBLISH_EXAMPLES))
-def publish(
-    export: Path = typer.Argument(..., help="An export written by ropeconvert: HF directory or .gguf file."),
-    repo: str = typer.Option(..., "--repo", metavar="ORG/NAME", help="Hub repository (created if missing)."),
-    private: bool = typer.Option(False, "--private", help="Create the repository private."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing; default main)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write the card locally; upload nothing."),
-    skip_validation: bool = typer.Option(False, "--skip-validation", help="Publish without a passed validation; the card says so."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-):
-    """Publish an export to the Hugging Face Hub in one commit, with a model card built from its validation report.
-
-    The token comes from HF_TOKEN or `hf auth login` and is never printed or written anywhere."""
-    from ropeconvert.formats.hub import publish as run
-
-    result = run(export, repo, private=private, revision=revision, dry_run=dry_run, skip_validation=skip_validation,
-                 progress=not quiet, log=_note)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-        return
-    for line in result.lines():
-        typer.echo(line)
-
-
-@app.command(epilog="Examples:\n\n" + "\n\n".join(VALIDATE_EXAMPLES))
-def validate(
-    export: Path = typer.Argument(..., help="The export: HF directory or .gguf (with --parity: the HF directory)."),
-    gguf: Optional[Path] = typer.Argument(None, help="--parity only: the GGUF export to compare with."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model (alias, Hub id, path); default: the export's recorded source."),
-    tasks: str = typer.Option("ppl,passkey", "--tasks", help="Comma-separated: ppl, passkey, niah."),
-    lengths: Optional[str] = typer.Option(None, "--lengths", help="Token lengths, e.g. 4096,8192,16384 (default: original/2, original, target)."),
-    passkey_lengths: Optional[str] = typer.Option(None, "--passkey-lengths", help="Passkey lengths (default: --lengths)."),
-    niah_lengths: Optional[str] = typer.Option(None, "--niah-lengths", help="4-needle lengths (default: --lengths)."),
-    depths: Optional[str] = typer.Option(None, "--depths", help="Passkey depths in [0, 1] (default 0.1,0.5,0.9)."),
-    trials: int = typer.Option(2, "--trials", help="Passkey trials per (length, depth) cell."),
-    niah_samples: int = typer.Option(2, "--niah-samples", help="4-needle samples per length."),
-    documents: int = typer.Option(2, "--documents", help="Perplexity documents."),
-    text: Optional[Path] = typer.Option(None, "--text", help="Your own text: a .txt file or a directory of them."),
-    corpus: str = typer.Option("austen", "--corpus", help="Offline corpus: austen or shakespeare."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Hub dataset instead (online): pg19, proof-pile or ORG/NAME[:GLOB]."),
-    truncate: bool = typer.Option(True, "--truncate/--sliding", help="One window per document, or slide with --stride."),
-    stride: int = typer.Option(256, "--stride", help="--sliding: tokens between windows."),
-    max_windows: int = typer.Option(10, "--max-windows", help="--sliding: windows per document at most."),
-    parity: bool = typer.Option(False, "--parity", help="Compare an HF export (transformers) with a GGUF (llama.cpp)."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="--parity: sequence length (default original + 1024)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for passkeys and needles."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-):
-    """Measure base vs extended (perplexity, passkey, 4-needle) and write report.json, PNG plots and report.md."""
-    from ropeconvert.validators import command
-
-    if parity or gguf is not None:
-        if not (parity and gguf is not None):
-            raise click_exc.UsageError("a second path needs --parity, and --parity needs HF_DIR and GGUF")
-        from ropeconvert.validators.parity import parity as run_parity
-
-        result, path = run_parity(export, gguf, tokens=tokens, corpus=str(text) if text else corpus, device=device)
-        typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(command.parity_lines(result, path)))
-        return
-    report, path, lines = command.run(
-        export, base, tasks=tasks, lengths=lengths, passkey_lengths=passkey_lengths, niah_lengths=niah_lengths,
-        depths=depths, trials=trials, niah_samples=niah_samples, documents=documents, text=text, corpus=corpus,
-        dataset=dataset, truncate=truncate, stride=stride, max_windows=max_windows, device=device, seed=seed,
-        quiet=quiet)
-    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(lines))
-
-
-SEARCH_EXAMPLES = [
-    "ropeconvert search smollm2-135m --method longrope --target-context 16384 --budget 250 --population 32 --out smol-lr-16k",
-    "ropeconvert search smollm2-135m --method longrope2 --target-context 16384 --short --out smol-lr2-16k",
-    "ropeconvert search smollm2-135m --method dpe --target-context 16384 --groups 4 --out smol-dpe-16k",
-    "ropeconvert search smollm2-135m --method longrope --target-context 16384 --budget 250 --population 32 --out smol-lr-16k --resume",
-    "ropeconvert smollm2-135m --method longrope --factors smol-lr-16k/factors.json --to both",
-]
-
-
-@app.command(epilog="Examples:\n\n" + "\n\n".join(SEARCH_EXAMPLES))
-def search(
-    model: str = typer.Argument(..., help="Base model: alias, Hub id, HF directory or .gguf file."),
-    method: str = typer.Option("longrope", "--method", "-m", help="longrope (all pairs, PI/NTK/YaRN seeds), longrope2 (critical dim, needle perplexity) or dpe (per-group scales by 4-needle retrieval)."),
-    target_context: Optional[int] = typer.Option(None, "--target-context", "-t", help="Length the factors are searched for."),
-    factor: Optional[float] = typer.Option(None, "--factor", "-s", help="Scale s = target / original (instead of --target-context)."),
-    budget: Optional[int] = typer.Option(None, "--budget", help="Evaluations per phase at most (default population + generations × population/2; the paper's 64/40 → 1344)."),
-    population: int = typer.Option(64, "--population", help="Population P (top P/2 are parents; P/4 mutants + P/4 crosses per generation)."),
-    generations: int = typer.Option(40, "--generations", help="Generations after the initial population (paper: 40)."),
-    patience: int = typer.Option(10, "--patience", help="Stop when the best improved by < 0.001 over this many generations."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the search (and of the needles)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default MODEL-METHOD-search-NNk)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the search checkpointed in --out (same options)."),
-    force: bool = typer.Option(False, "--force", help="Start over in an --out that holds a search."),
-    documents: int = typer.Option(5, "--documents", "-k", help="Fitness documents (first K of the corpus long enough)."),
-    text: Optional[Path] = typer.Option(None, "--text", help="Your own text: a .txt file or a directory of them."),
-    corpus: str = typer.Option("austen", "--corpus", help="Offline corpus: austen or shakespeare."),
-    short: bool = typer.Option(False, "--short", help="Also search short factors at the original length."),
-    short_max: Optional[float] = typer.Option(None, "--short-max", help="--short: largest short factor (default ∛s)."),
-    max_factor: Optional[float] = typer.Option(None, "--max-factor", help="longrope: largest factor (default 1.25·s as in the paper; the released code uses 1+s)."),
-    critical_dim: Optional[int] = typer.Option(None, "--critical-dim", help="longrope2: first searched pair (default ⌈(d/2)·log_θ(L/2π)⌉ − 1)."),
-    original_context: Optional[int] = typer.Option(None, "--original-context", help="Override the trained length from the config."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    window: Optional[int] = typer.Option(None, "--window", help="dpe: neighbour window W (default original/8)."),
-    groups: int = typer.Option(8, "--groups", help="dpe: dimension groups (even split of the frequency pairs)."),
-    topk: Optional[int] = typer.Option(None, "--topk", help="dpe: pairs rescaled per (layer, head) (default 3/4 of them)."),
-    lengths: Optional[str] = typer.Option(None, "--lengths", help="dpe: candidate effective lengths ℓ, scale g = target/ℓ (default target, target/2, … ≥ W)."),
-    fixed_scale: Optional[float] = typer.Option(None, "--fixed-scale", help="dpe: scale of the groups not being probed (default 2·s)."),
-    samples: int = typer.Option(1, "--samples", help="dpe: 4-needle prompts per evaluation."),
-    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Run at most N generations now, then leave the checkpoint for --resume."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-):
-    """Search LongRoPE / LongRoPE2 rescale factors, or DPE group scales, on the model itself; writes factors.json
-    (dpe: dpe_map.json), a JSON log of every evaluation and search.png."""
-    if method == "dpe":
-        return _search_dpe(model, target_context, factor, window, groups, topk, lengths, fixed_scale, samples, budget,
-                           seed, out, resume, force, str(text) if text else corpus, original_context, device, quiet,
-                           as_json)
-    from ropeconvert.convert.search.run import SearchOptions, search as run
-
-    result = run(SearchOptions(
-        model, method=method, target_context=target_context, factor=factor, budget=budget, population=population,
-        generations=generations, patience=patience, seed=seed, out=out, resume=resume, force=force,
-        documents=documents, text=str(text) if text else corpus, short=short, short_max=short_max,
-        max_factor=max_factor, critical_dim=critical_dim, original_context=original_context, device=device,
-        stop_after=stop_after, progress=not quiet))
-    if as_json:
-        typer.echo(json.dumps({"out": str(result.out), "complete": result.complete, "documents": result.documents,
-                               "factors": str(result.factors) if result.factors else None, "phases": result.phases,
-                               "seconds": round(result.seconds, 3)}, indent=2))
-        return
-    for name, p in result.phases.items():
-        refs = ", ".join(f"{k} {v:.4g}" for k, v in p["references"].items() if v is not None)
-        best = "none" if p["best_fitness"] is None else f"{p['best_fitness']:.4g}"
-        typer.echo(f"{name}: {p['evaluations']} evaluations, best {best} ({refs}); "
-                   f"{p['stop_reason'] or 'not finished'}")
-    if result.complete:
-        typer.echo(f"wrote {result.factors}, {result.log}, {result.plot}")
-        typer.echo(f"export: ropeconvert {model} --method longrope --factors {result.factors}")
-    else:
-        typer.echo(f"stopped early; continue with: ropeconvert search … --out {result.out} --resume")
-
-
-def _search_dpe(model, target_context, factor, window, groups, topk, lengths, fixed_scale, samples, budget, seed, out,
-                resume, force, text, original_context, device, quiet, as_json) -> None:
-    from ropeconvert.convert.search.dpe import DpeOptions, search as run
-    from ropeconvert.validators.command import parse_list
-
-    result = run(DpeOptions(
-        model, target_context=target_context, factor=factor, window=window, groups=groups, topk=topk,
-        lengths=parse_list("--lengths", lengths), fixed_scale=fixed_scale, samples=samples, budget=budget, seed=seed,
-        out=out, resume=resume, force=force, text=text, original_context=original_context, device=device,
-        progress=not quiet))
-    if as_json:
-        typer.echo(json.dumps({"out": str(result.out), "map": str(result.map), "scales": result.scales,
-                               "groups": result.groups, "evaluations": result.evaluations,
-                               "seconds": round(result.seconds, 3)}, indent=2))
-        return
-    for g in result.groups:
-        typer.echo(f"group {g['group']} (pairs {g['pairs'][0]}–{g['pairs'][1] - 1}): scale {g['scale']:g}, "
-                   f"{g['retrieved']:.0%} of needles retrieved, needle NLL {g['nll'] if g['nll'] is None else round(g['nll'], 3)}")
-    typer.echo(f"{result.evaluations} evaluations ({result.new_evaluations} new); wrote {result.map}, {result.log}, "
-               f"{result.plot}")
-    typer.echo(f"export: ropeconvert {model} --method dpe --dpe-map {result.map}")
-
-
-def _note(message: str) -> None:
-    typer.echo(f"note: {message}", err=True)
+# the heavier subcommands live in their own modules; registered here so `ropeconvert --help` lists them in order
+app.command(epilog="Examples:\n\n" + "\n\n".join(PUBLISH_EXAMPLES))(publish)
+app.command(epilog="Examples:\n\n" + "\n\n".join(VALIDATE_EXAMPLES))(validate)
+app.command(epilog="Examples:\n\n" + "\n\n".join(SEARCH_EXAMPLES))(search)
 
 
 def main() -> None:
