@@ -122,6 +122,8 @@ def convert_tensor(plan: TensorPlan) -> np.ndarray:
         raise InputError(f"tensor {plan.hf_name!r} changed shape while reading", "the checkpoint is being modified")
     if plan.n_head is not None:
         raw = permute_qk(raw, plan.n_head)
+    if plan.bf16 and plan.qtype == Q.BF16:  # same dtype: the stored bits are already the output (no float round trip)
+        return np.ascontiguousarray(raw).view(np.uint8).reshape(plan.byte_shape)
     rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
     dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(plan.qtype, np.uint8)
     out = np.empty(quants.quant_shape_to_byte_shape(rows.shape, plan.qtype) if dtype == np.uint8 else rows.shape, dtype)

@@ -168,3 +168,30 @@ def test_weights_survive_export_and_dequantize(outtype, qtype, tiny_llama, tmp_p
             np.testing.assert_allclose(back[name], arr, rtol=2.0**-8, atol=0, err_msg=name)
         else:  # f32 exact; q8_0 within half a step of each 32-value block's scale
             np.testing.assert_allclose(back[name], arr, atol=0 if outtype == "f32" else 2e-3, rtol=0, err_msg=name)
+
+
+def test_bf16_source_to_bf16_keeps_the_stored_bits(tiny_llama, tmp_path):
+    """Same dtype takes the byte path (no float round trip): every weight comes back bit for bit, Q/K un-permuted,
+    and the bytes are what gguf's own bf16 quantizer would have written."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from gguf import quants
+
+    src = tmp_path / "bf16-llama"
+    shutil.copytree(tiny_llama, src)
+    for f in src.glob("*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f, metadata={"format": "pt"})
+    spec = build_spec("linear", base_rope_from_config(read_config(src)), factor=2.0)
+    path, _ = write_gguf_export(src, spec, tmp_path / "b.gguf", outtype="bf16", progress=False)
+    reader = GGUFReader(path)
+    source = {name: np.asarray(read_tensor(info), np.float32) for name, info in index_weights(src).tensors.items()}
+    back = dict(dequantized_tensors(reader, hf_config_from_gguf(reader)))
+    for name, arr in source.items():
+        np.testing.assert_array_equal(back[name], arr, err_msg=name)
+    q = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    heads = read_config(src)["num_attention_heads"]
+    want = quants.quantize(permute_qk(source["model.layers.0.self_attn.q_proj.weight"], heads),
+                           GGMLQuantizationType.BF16)
+    assert q.tensor_type == GGMLQuantizationType.BF16 and bytes(q.data) == want.tobytes()
