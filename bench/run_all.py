@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1.5,3")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lengths", default="2048,4096,8192,16384")
+    ap.add_argument("--eval-repeats", type=int, default=2, help="timed forwards per length and side (best of; a 16k "
+                    "forward is minutes on a 2-core CPU)")
     ap.add_argument("--search", action="store_true", help="also run the hour-long LongRoPE search benchmark")
     ap.add_argument("--skip-convert", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
@@ -130,7 +132,7 @@ def main() -> None:
     if (OUT / "convert.json").is_file():
         report += convert_section(json.loads((OUT / "convert.json").read_text())) + [""]
     if not args.skip_eval:
-        rows = json.loads(run("eval_throughput.py", "--lengths", args.lengths, "--repeats", "3").strip().splitlines()[-1])
+        rows = json.loads(run("eval_throughput.py", "--lengths", args.lengths, "--repeats", str(args.eval_repeats)).strip().splitlines()[-1])
         (OUT / "eval.json").write_text(json.dumps(rows, indent=2))
     if (OUT / "eval.json").is_file():
         report += eval_section(json.loads((OUT / "eval.json").read_text())) + [""]
