@@ -1,12 +1,12 @@
 """Perplexity throughput and memory vs a bare transformers forward at the same length (not a test).
 
-For each length, two fresh subprocesses load the same model: the anchor runs `model(input_ids)` (what a user would
-write; it materialises `[L, vocab]` logits), ours runs `perplexity.token_nll` (decoder stack → chunked LM head →
-per-token NLL). Each reports tokens/s (best of --repeats after one warm-up) and peak memory above the loaded model:
-peak resident memory sampled every 2 ms
-on CPU, `torch.cuda.max_memory_allocated` on CUDA. Printed: the ratios ours/anchor (throughput
-target ≥ 0.95) and the memory both use above the weights (ours should grow O(L), the anchor's has an L × vocab
-term on top).
+The anchor runs `model(input_ids)` (what a user would write; it materialises `[L, vocab]` logits), ours runs
+`perplexity.token_nll` (decoder stack → chunked LM head → per-token NLL). Time: one subprocess loads the model
+once and alternates anchor and ours (`--repeats` each, after a warm-up of both), so both see the same machine
+state; the ratio is of the medians. Memory: a fresh subprocess per mode runs one forward while a thread samples
+resident memory every 2 ms (CPU), or reads `torch.cuda.max_memory_allocated` (CUDA); reported above the loaded
+model. Printed: ours/anchor throughput (target ≥ 0.95) and the memory both use above the weights (ours should
+grow O(L), the anchor's has an L × vocab term on top).
 
     python bench/eval_throughput.py --model smollm2-135m --lengths 2048,4096,8192
 """
@@ -19,25 +19,37 @@ import sys
 import time
 
 WORKER = r"""
-import json, sys, time, torch
+import gc, json, os, statistics, sys, threading, time, torch
 from ropeconvert.validators import runtime, perplexity
-mode, model, length, repeats, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+job, model, length, repeats, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rt = runtime.load(model, device=None if device == "auto" else device)
 ids = torch.randint(3, rt.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
 ids = ids.to(rt.device)
 weights = sum(p.numel() * p.element_size() for p in rt.model.parameters())
 cuda = rt.device.type == "cuda"
 
-def run(x):
+def run(mode, x):
     with torch.inference_mode():
         if mode == "anchor":
-            return rt.model(input_ids=x).logits[0, -1, 0].item()  # the user's forward: full [L, vocab] logits
-        return float(perplexity.token_nll(rt.model, x[0])[0].mean())
+            out = rt.model(input_ids=x).logits[0, -1, 0].item()  # the user's forward: full [L, vocab] logits
+        else:
+            out = float(perplexity.token_nll(rt.model, x[0])[0].mean())
+    if cuda:
+        torch.cuda.synchronize()
+    return out
 
-run(ids[:, :64])  # warm-up: kernels, allocator
+for mode in ("anchor", "ours"):
+    run(mode, ids[:, :64])  # warm-up: kernels, allocator
+if job == "time":
+    times = {"anchor": [], "ours": []}
+    for _ in range(repeats):
+        for mode in ("anchor", "ours"):
+            t0 = time.perf_counter(); run(mode, ids); times[mode].append(time.perf_counter() - t0)
+    print(json.dumps({m: {"seconds": statistics.median(t), "all": t} for m, t in times.items()}))
+    sys.exit(0)
+
 if cuda:
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-import gc, os, threading
+    torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
 gc.collect()
 
 def rss():  # resident bytes now (ru_maxrss would include the load's own peak)
@@ -51,22 +63,18 @@ def sample():
         peak_rss[0] = max(peak_rss[0], rss()); time.sleep(0.002)
 
 sampler = threading.Thread(target=sample, daemon=True); sampler.start()
-times = []
-for _ in range(repeats):
-    t0 = time.perf_counter(); run(ids)
-    if cuda: torch.cuda.synchronize()
-    times.append(time.perf_counter() - t0)
+run(job, ids)
 done.set(); sampler.join()
 peak = (torch.cuda.max_memory_allocated() - base) if cuda else max(peak_rss[0], rss()) - rss_before
-print(json.dumps({"seconds": min(times), "peak_extra": peak, "weights": weights, "device": str(rt.device)}))
+print(json.dumps({"peak_extra": peak, "weights": weights, "device": str(rt.device)}))
 """
 
 
-def measure(mode: str, model: str, length: int, repeats: int, device: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WORKER, mode, model, str(length), str(repeats), device],
+def measure(job: str, model: str, length: int, repeats: int, device: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", WORKER, job, model, str(length), str(repeats), device],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"{mode} at {length} failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"{job} at {length} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -74,7 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lengths", default="2048,4096,8192")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each mode (median)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -83,8 +91,9 @@ def main() -> None:
           f"{'mem ratio':>9} {'ours MB/1k tok':>14}")
     rows = []
     for n in lengths:
-        a = measure("anchor", args.model, n, args.repeats, args.device)
-        o = measure("ours", args.model, n, args.repeats, args.device)
+        timed = measure("time", args.model, n, args.repeats, args.device)
+        a = {**measure("anchor", args.model, n, 0, args.device), **timed["anchor"]}
+        o = {**measure("ours", args.model, n, 0, args.device), **timed["ours"]}
         ratio = a["seconds"] / o["seconds"]
         rows.append({"length": n, "anchor": a, "ours": o, "throughput_ratio": ratio})
         mb = 1024 ** 2

@@ -89,7 +89,8 @@ def eval_section(rows: list[dict]) -> list[str]:
     mb = 2**20
     lines = ["## Perplexity evaluation (bench/eval_throughput.py)", "",
              "SmolLM2-135M, chunked-head perplexity (`perplexity.token_nll`) vs a bare `model(input_ids)` forward at "
-             "the same length, fresh processes, best of the repeats. Memory is peak RSS above the loaded weights.", "",
+             "the same length: time is the median of the repeats, the two alternating in one process; memory is "
+             "peak RSS above the loaded weights, a fresh process per side.", "",
              "| length | bare tok/s | ours tok/s | ratio (target ≥ 0.95) | bare extra MB | ours extra MB |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -118,7 +119,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1.5,3")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lengths", default="2048,4096,8192,16384")
-    ap.add_argument("--eval-repeats", type=int, default=2, help="timed forwards per length and side (best of; a 16k "
+    ap.add_argument("--eval-repeats", type=int, default=3, help="timed forwards per length and side (median; a 16k "
                     "forward is minutes on a 2-core CPU)")
     ap.add_argument("--search", action="store_true", help="also run the hour-long LongRoPE search benchmark")
     ap.add_argument("--skip-convert", action="store_true")

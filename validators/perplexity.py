@@ -15,12 +15,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ropeconvert.errors import InputError
 
-HEAD_CHUNK_ELEMENTS = 1 << 24  # logits per head chunk (64 MB in f32), whatever the vocabulary size
+HEAD_CHUNK_ELEMENTS = 1 << 25  # logits per head chunk (128 MB in f32), whatever the vocabulary size
 
 
 def hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -43,10 +42,19 @@ def nll_from_hidden(model: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     for start in range(0, targets.shape[0], chunk):
         stop = start + chunk
         logits = head(hidden[start:stop]).float()  # the loss is taken in f32 even when the model runs bf16
-        nll[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
         if want_top1:
             top1[start:stop] = logits.argmax(-1)
+        target_logit = logits.gather(1, targets[start:stop, None])[:, 0]  # before the in-place logsumexp
+        nll[start:stop] = _logsumexp_(logits) - target_logit
     return nll, top1
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise logsumexp that overwrites `logits` (a fresh head output) instead of allocating a log-softmax the
+    size of the chunk as `F.cross_entropy` does: one buffer per chunk, and the exp runs in place. The caller
+    must read anything else it needs from `logits` before."""
+    row_max = logits.amax(-1, keepdim=True)
+    return logits.sub_(row_max).exp_().sum(-1).log_().add_(row_max[:, 0])
 
 
 @torch.inference_mode()
