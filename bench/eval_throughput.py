@@ -2,8 +2,9 @@
 
 The anchor runs `model(input_ids)` (what a user would write; it materialises `[L, vocab]` logits), ours runs
 `perplexity.token_nll` (decoder stack → chunked LM head → per-token NLL). Time: one subprocess loads the model
-once and alternates anchor and ours (`--repeats` each, after a warm-up of both), so both see the same machine
-state; the ratio is of the medians. Memory: a fresh subprocess per mode runs one forward while a thread samples
+once and alternates anchor and ours after a warm-up of both, so both see the same machine state; each side runs at
+least --repeats times, and at short lengths again until it has run --min-seconds; the ratio is of the medians.
+Memory: a fresh subprocess per mode runs one forward while a thread samples
 resident memory every 2 ms (CPU), or reads `torch.cuda.max_memory_allocated` (CUDA); reported above the loaded
 model. Printed: ours/anchor throughput (target ≥ 0.95) and the memory both use above the weights (ours should
 grow O(L), the anchor's has an L × vocab term on top).
@@ -22,6 +23,7 @@ WORKER = r"""
 import gc, json, os, statistics, sys, threading, time, torch
 from ropeconvert.validators import runtime, perplexity
 job, model, length, repeats, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+min_seconds, max_repeats = float(sys.argv[6]), 12
 rt = runtime.load(model, device=None if device == "auto" else device)
 ids = torch.randint(3, rt.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
 ids = ids.to(rt.device)
@@ -42,7 +44,8 @@ for mode in ("anchor", "ours"):
     run(mode, ids[:, :64])  # warm-up: kernels, allocator
 if job == "time":
     times = {"anchor": [], "ours": []}
-    for _ in range(repeats):
+    # short lengths are repeated until each side has run min_seconds: one run there swings ±15% on a shared CPU
+    while len(times["ours"]) < repeats or (sum(times["ours"]) < min_seconds and len(times["ours"]) < max_repeats):
         for mode in ("anchor", "ours"):
             t0 = time.perf_counter(); run(mode, ids); times[mode].append(time.perf_counter() - t0)
     print(json.dumps({m: {"seconds": statistics.median(t), "all": t} for m, t in times.items()}))
@@ -70,8 +73,8 @@ print(json.dumps({"peak_extra": peak, "weights": weights, "device": str(rt.devic
 """
 
 
-def measure(job: str, model: str, length: int, repeats: int, device: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WORKER, job, model, str(length), str(repeats), device],
+def measure(job: str, model: str, length: int, repeats: int, device: str, min_seconds: float = 0) -> dict:
+    proc = subprocess.run([sys.executable, "-c", WORKER, job, model, str(length), str(repeats), device, str(min_seconds)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{job} at {length} failed:\n{proc.stderr[-2000:]}")
@@ -82,7 +85,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lengths", default="2048,4096,8192")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each mode (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each mode at least (median)")
+    ap.add_argument("--min-seconds", type=float, default=60, help="keep repeating (up to 12) until each mode has run "
+                    "this long")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -91,7 +96,7 @@ def main() -> None:
           f"{'mem ratio':>9} {'ours MB/1k tok':>14}")
     rows = []
     for n in lengths:
-        timed = measure("time", args.model, n, args.repeats, args.device)
+        timed = measure("time", args.model, n, args.repeats, args.device, args.min_seconds)
         a = {**measure("anchor", args.model, n, 0, args.device), **timed["anchor"]}
         o = {**measure("ours", args.model, n, 0, args.device), **timed["ours"]}
         ratio = a["seconds"] / o["seconds"]

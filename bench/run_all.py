@@ -89,17 +89,27 @@ def eval_section(rows: list[dict]) -> list[str]:
     mb = 2**20
     lines = ["## Perplexity evaluation (bench/eval_throughput.py)", "",
              "SmolLM2-135M, chunked-head perplexity (`perplexity.token_nll`) vs a bare `model(input_ids)` forward at "
-             "the same length: time is the median of the repeats, the two alternating in one process; memory is "
-             "peak RSS above the loaded weights, a fresh process per side.", "",
-             "| length | bare tok/s | ours tok/s | ratio (target ≥ 0.95) | bare extra MB | ours extra MB |",
-             "|---|---|---|---|---|---|"]
+             "the same length: time is the median of ≥ 3 runs (more at short lengths, ≥ 60 s a side), the two "
+             "alternating in one process; memory is peak RSS above the loaded weights, a fresh process per side.", "",
+             "| length | bare tok/s | ours tok/s | ratio (target ≥ 0.95) | runs a side | run-pair ratios | bare extra MB "
+             "| ours extra MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["length"]
+        pairs = [a / o for a, o in zip(r["anchor"].get("all", []), r["ours"].get("all", []))]  # same machine moment
+        spread = f"{min(pairs):.2f}–{max(pairs):.2f}" if pairs else "—"
         lines.append(f"| {n} | {n / r['anchor']['seconds']:.0f} | {n / r['ours']['seconds']:.0f} | "
-                     f"{r['throughput_ratio']:.3f} | {r['anchor']['peak_extra'] / mb:.0f} | {r['ours']['peak_extra'] / mb:.0f} |")
+                     f"{r['throughput_ratio']:.3f} | {len(pairs) or '—'} | {spread} | "
+                     f"{r['anchor']['peak_extra'] / mb:.0f} | {r['ours']['peak_extra'] / mb:.0f} |")
     if rows:
         lines.append(f"\nWeights: {rows[0]['ours']['weights'] / mb:.0f} MB on {rows[0]['ours']['device']}.")
     return lines
+
+
+def _measured_at(name: str) -> str:
+    """When a section's figures were measured: a pass with --skip-* reuses an earlier run's JSON."""
+    when = datetime.datetime.fromtimestamp((OUT / name).stat().st_mtime, datetime.timezone.utc)
+    return f"\nMeasured {when:%Y-%m-%d %H:%M} UTC (bench/out/{name})."
 
 
 def search_section() -> list[str]:
@@ -131,12 +141,12 @@ def main() -> None:
     if not args.skip_convert:
         run("convert.py", "--sizes", args.sizes, "--repeats", str(args.repeats))
     if (OUT / "convert.json").is_file():
-        report += convert_section(json.loads((OUT / "convert.json").read_text())) + [""]
+        report += convert_section(json.loads((OUT / "convert.json").read_text())) + [_measured_at("convert.json"), ""]
     if not args.skip_eval:
         rows = json.loads(run("eval_throughput.py", "--lengths", args.lengths, "--repeats", str(args.eval_repeats)).strip().splitlines()[-1])
         (OUT / "eval.json").write_text(json.dumps(rows, indent=2))
     if (OUT / "eval.json").is_file():
-        report += eval_section(json.loads((OUT / "eval.json").read_text())) + [""]
+        report += eval_section(json.loads((OUT / "eval.json").read_text())) + [_measured_at("eval.json"), ""]
     if args.search:
         run("search_longrope.py", "--out", str(OUT / "search"))
     report += search_section()
