@@ -1,6 +1,6 @@
-"""HF → GGUF export, streamed: every tensor info is registered first, then tensors are converted and written one at
-a time (gguf's add_tensor_info / write_tensor_data, as its gguf_new_metadata script does), so peak memory is about
-one tensor whatever the model size (bench/convert.py measures it at 1.5 and 3 GB).
+"""HF → GGUF export, streamed: every tensor info is registered first (gguf's add_tensor_info, as its
+gguf_new_metadata script does), then formats/gguf_stream.py converts and writes the data in row blocks, so peak
+memory is a few blocks whatever the model size (bench/convert.py measures it at 1.5 and 3 GB).
 
 Names go through gguf's own HF→GGUF tensor map, restricted to the tensors the arch really has. The llama arch runs
 llama.cpp's NORM (interleaved-pair) rope, so Q/K rows are permuted from HF's rotate-half order; qwen2/qwen3/phi3 run
@@ -10,24 +10,22 @@ The rope comes from formats/gguf_rope.py and the tokenizer from formats/gguf_tok
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from gguf import (GGML_QUANT_VERSION, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSORS, GGMLQuantizationType, GGUFWriter,
                   LlamaFileType, get_tensor_name_map, quants)
-from tqdm import tqdm
 
 from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
-from ropeconvert.formats.gguf_integrity import add_provenance, seal
+from ropeconvert.formats.gguf_integrity import add_provenance, digest_header, write_digest
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
 from ropeconvert.formats.gguf_tokenizer import add_tokenizer
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
-from ropeconvert.formats.tensors import DTYPES, index_weights
+from ropeconvert.formats.gguf_stream import TensorPlan, permute_qk, write_tensor_data  # noqa: F401 (re-exported)
+from ropeconvert.formats.tensors import index_weights
 
 Q = GGMLQuantizationType
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
@@ -36,26 +34,6 @@ OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16), "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
 _ARCH_ENUM = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
-CHUNK_BYTES = 16 * 1024 * 1024  # float32 working block while converting one tensor
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    hf_name: str
-    gguf_name: str
-    shape: tuple[int, ...]  # numpy order (rows, cols)
-    qtype: GGMLQuantizationType
-    load: Callable[[], np.ndarray]
-    n_head: int | None = None  # set for llama-arch Q/K: rows are permuted for the interleaved rope
-    bf16: bool = False  # load() returns bfloat16 bits as uint16
-
-    @property
-    def byte_shape(self) -> tuple[int, ...]:
-        return tuple(quants.quant_shape_to_byte_shape(self.shape, self.qtype))
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.byte_shape))
 
 
 def gguf_arch_for(config: dict[str, Any]) -> str:
@@ -100,72 +78,10 @@ def plan_tensors(hf_dir: Path, config: dict[str, Any], arch: str, outtype: str) 
             n_head = heads
         elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             n_head = kv_heads
-        plans.append(TensorPlan(hf_name, found[1], shape, t, lambda info=info: _read_raw(info), n_head,
-                                info.dtype == "BF16"))
+        plans.append(TensorPlan(hf_name, found[1], shape, t, info, n_head))
     if not plans:
         raise InputError(f"{hf_dir} holds no weights")
     return plans
-
-
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF rotate-half rows → llama.cpp's interleaved pairs, per head (the inverse of gguf_read.unpermute)."""
-    rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def convert_tensor(plan: TensorPlan) -> np.ndarray:
-    """The tensor in its GGUF type. Rows are converted in blocks of about CHUNK_BYTES straight into the output
-    array, so memory holds the source bytes, the output and one small float32 block — never a float32 copy of the
-    whole tensor (which for a large embedding would be twice the bf16 tensor)."""
-    raw = plan.load()  # source dtype as stored (BF16 as uint16)
-    if tuple(raw.shape) != plan.shape:
-        raise InputError(f"tensor {plan.hf_name!r} changed shape while reading", "the checkpoint is being modified")
-    if plan.n_head is not None:
-        raw = permute_qk(raw, plan.n_head)
-    if plan.bf16 and plan.qtype == Q.BF16:  # same dtype: the stored bits are already the output (no float round trip)
-        return np.ascontiguousarray(raw).view(np.uint8).reshape(plan.byte_shape)
-    rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
-    dtype = {Q.F32: np.float32, Q.F16: np.float16}.get(plan.qtype, np.uint8)
-    out = np.empty(quants.quant_shape_to_byte_shape(rows.shape, plan.qtype) if dtype == np.uint8 else rows.shape, dtype)
-    step = max(1, CHUNK_BYTES // (4 * rows.shape[1]))
-    for r in range(0, rows.shape[0], step):
-        block = _as_f32(rows[r:r + step], plan.bf16)
-        out[r:r + step] = block.astype(dtype) if dtype != np.uint8 else quants.quantize(block, plan.qtype)
-    return out.reshape(plan.byte_shape if dtype == np.uint8 else plan.shape)
-
-
-def converted(plans: list[TensorPlan]) -> Iterator[np.ndarray]:
-    """Converted tensors in order, the next one converted on a second thread while this one is written (numpy's
-    casts and reads, and the file write, run without the GIL), so both cores work; memory holds two tensors."""
-    if not plans:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-convert") as pool:
-        pending = pool.submit(convert_tensor, plans[0])
-        for nxt in plans[1:]:
-            arr = pending.result()
-            pending = pool.submit(convert_tensor, nxt)
-            yield arr
-            del arr
-        yield pending.result()
-
-
-def _as_f32(block: np.ndarray, bf16: bool) -> np.ndarray:
-    if bf16:  # bfloat16 is the high half of a float32
-        return (block.astype(np.uint32) << 16).view(np.float32)
-    return block.astype(np.float32, copy=False)
-
-
-def _read_raw(info) -> np.ndarray:
-    """One tensor's stored values (no widening): numpy dtype of the safetensors dtype, BF16 as uint16."""
-    if info.dtype not in ("F32", "F16", "BF16", "F64"):
-        raise UnsupportedError(f"tensor {info.name!r} has dtype {info.dtype}, which GGUF export does not convert",
-                               "give a float checkpoint (F32, F16 or BF16)")
-    dtype = np.uint16 if info.dtype == "BF16" else DTYPES[info.dtype][1]
-    count = int(np.prod(info.shape, dtype=np.int64))
-    arr = np.fromfile(info.file, dtype=dtype, count=count, offset=info.begin)
-    if arr.size != count:
-        raise InputError(f"{info.file}: tensor {info.name!r} is cut short", "the file is truncated; re-download it")
-    return arr.reshape(info.shape)
 
 
 def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str = "f16", static: bool = False,
@@ -198,13 +114,11 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for arr in rope.tensors.values():
-                writer.write_tensor_data(arr)
-            for arr in tqdm(converted(plans), total=len(plans), desc="write GGUF", unit="tensor", disable=not progress):
-                writer.write_tensor_data(arr)  # freed before the one after next is converted
+            value_at, hasher = digest_header(tmp)  # hashes the keys and tensor infos after the digest placeholder
+            write_tensor_data(writer.fout[0], list(rope.tensors.values()), plans, hasher, progress)
         finally:
             writer.close()
-        seal(tmp)
+        write_digest(tmp, value_at, hasher.hexdigest())
         final = Path(out).expanduser().absolute()
     return final, notes
 

@@ -61,14 +61,30 @@ def _digest_after(path: Path, start: int) -> str:
 
 def seal(path: Path) -> str:
     """Hash a freshly written GGUF after its digest key and write the digest over the placeholder."""
+    value_at, hasher = digest_header(path)
+    digest = hasher.hexdigest()
+    write_digest(path, value_at, digest)
+    return digest
+
+
+def digest_header(path: Path):
+    """(offset of the digest value, sha256 of every byte after the placeholder up to the end of the file as it is
+    now). The GGUF exporter calls this after the tensor infos and feeds the tensor data to the hasher as it writes
+    it, so the data is never read back."""
     value_at = _digest_at(path)
-    with open(path, "r+b") as out:
-        if value_at is None or (out.seek(value_at), out.read(64))[1] != PLACEHOLDER.encode():
+    with open(path, "rb") as f:
+        if value_at is None or (f.seek(value_at), f.read(64))[1] != PLACEHOLDER.encode():
             raise RuntimeError(f"{path}: digest placeholder not found")  # a bug in the writer, not bad input
-        digest = _digest_after(path, value_at + 64)
+        h = hashlib.sha256()
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return value_at, h
+
+
+def write_digest(path: Path, value_at: int, digest: str) -> None:
+    with open(path, "r+b") as out:
         out.seek(value_at)
         out.write(digest.encode())
-    return digest
 
 
 def verify_gguf(path: Path) -> tuple[list[str], list[str]]:

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from ropeconvert.convert.methods import build_spec
 from ropeconvert.convert.spec import BaseRope
 from ropeconvert.errors import UnsupportedError
-from ropeconvert.formats.gguf import permute_qk, write_gguf_export
+from ropeconvert.formats.gguf import permute_qk, plan_tensors, write_gguf_export
 from ropeconvert.formats.gguf_read import dequantized_tensors, hf_config_from_gguf, unpermute
 from ropeconvert.formats.gguf_rope import FREQS, LONG, SHORT, GgufRope, add_rope, gguf_rope, read_rope, spec_from_gguf
 from ropeconvert.formats.hf_config import base_rope_from_config
@@ -170,19 +170,27 @@ def test_weights_survive_export_and_dequantize(outtype, qtype, tiny_llama, tmp_p
             np.testing.assert_allclose(back[name], arr, atol=0 if outtype == "f32" else 2e-3, rtol=0, err_msg=name)
 
 
-def test_bf16_source_to_bf16_keeps_the_stored_bits(tiny_llama, tmp_path):
-    """Same dtype takes the byte path (no float round trip): every weight comes back bit for bit, Q/K un-permuted,
-    and the bytes are what gguf's own bf16 quantizer would have written."""
+@pytest.fixture(scope="module")
+def tiny_llama_bf16(tiny_llama, tmp_path_factory):
+    """tiny_llama with every weight stored as bfloat16, as most Hub checkpoints are."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
-    from gguf import quants
 
-    src = tmp_path / "bf16-llama"
+    src = tmp_path_factory.mktemp("bf16") / "bf16-llama"
     shutil.copytree(tiny_llama, src)
     for f in src.glob("*.safetensors"):
         save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, f, metadata={"format": "pt"})
+    return src
+
+
+def test_bf16_source_to_bf16_keeps_the_stored_bits(tiny_llama_bf16, tmp_path):
+    """Same dtype takes the byte path (no float round trip): every weight comes back bit for bit, Q/K un-permuted,
+    and the bytes are what gguf's own bf16 quantizer would have written."""
+    from gguf import quants
+
+    src = tiny_llama_bf16
     spec = build_spec("linear", base_rope_from_config(read_config(src)), factor=2.0)
     path, _ = write_gguf_export(src, spec, tmp_path / "b.gguf", outtype="bf16", progress=False)
     reader = GGUFReader(path)
@@ -195,3 +203,53 @@ def test_bf16_source_to_bf16_keeps_the_stored_bits(tiny_llama, tmp_path):
     want = quants.quantize(permute_qk(source["model.layers.0.self_attn.q_proj.weight"], heads),
                            GGMLQuantizationType.BF16)
     assert q.tensor_type == GGMLQuantizationType.BF16 and bytes(q.data) == want.tobytes()
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0"])
+def test_row_blocks_write_what_whole_tensor_conversion_writes(outtype, tiny_llama_bf16, tmp_path, monkeypatch):
+    """The streamed writer converts row blocks on two threads; with blocks far smaller than the tensors (Q/K blocks
+    of two heads, the embedding in 1536 blocks) every tensor's bytes still equal gguf's own conversion of the whole
+    permuted tensor, and the sealed sha256 (computed while writing) equals one computed from the file."""
+    from gguf import quants
+
+    from ropeconvert.formats import gguf_stream
+    from ropeconvert.formats.gguf_integrity import verify_gguf
+
+    monkeypatch.setattr(gguf_stream, "BLOCK_BYTES", 4096)
+    src = tiny_llama_bf16
+    config = read_config(src)
+    spec = build_spec("yarn", base_rope_from_config(config), factor=2.0)
+    path, _ = write_gguf_export(src, spec, tmp_path / "blocks.gguf", outtype=outtype, progress=False)
+    problems, _ = verify_gguf(path)
+    assert problems == []
+    by_name = {t.name: t for t in GGUFReader(path).tensors}
+    qtype = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16, "bf16": GGMLQuantizationType.BF16,
+             "q8_0": GGMLQuantizationType.Q8_0}[outtype]
+    heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
+    plans = plan_tensors(src, config, "llama", outtype)  # only for the HF → GGUF names
+    assert len(plans) == len(by_name) - len(gguf_rope(spec, "llama").tensors)
+    for plan in plans:
+        w = np.asarray(read_tensor(plan.source), np.float32)
+        kind = plan.hf_name.split(".")[-2]
+        if kind in heads:
+            w = permute_qk(w, heads[kind])
+        want = quants.quantize(w, GGMLQuantizationType.F32 if w.ndim == 1 else qtype)
+        assert bytes(by_name[plan.gguf_name].data) == want.tobytes(), plan.hf_name
+
+
+def test_q8_0_is_bit_exact_with_gguf():
+    """Our faster Q8_0 against gguf's reference on the hard cases: all-zero blocks, exact .5 ties after scaling,
+    negative extremes, tiny and huge magnitudes."""
+    from gguf import quants
+
+    from ropeconvert.formats.gguf_stream import q8_0
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 256)).astype(np.float32) * 0.02
+    x[0, :32] = 0
+    x[1, :32] = np.arange(32) - 15.5  # scale 16.5/127: many values land near .5 steps
+    x[2, :32] = np.linspace(-127, 127, 32) / 2  # exact halves after scaling by 127/63.5
+    x[3, :] = -1e-30
+    x[4, :] = 3e38
+    for rows in (x, x[:1, :32]):
+        assert q8_0(rows).tobytes() == quants.quantize(rows, GGMLQuantizationType.Q8_0).tobytes()
