@@ -114,11 +114,12 @@ def llamacpp_converter() -> Path:
 
 
 def measure(cmd: list[str], cleanup: Path | None) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of one child process.
+    """(wall seconds, peak RSS GiB) of one child process and the processes it starts.
 
-    Peak RSS is the kernel's VmHWM of the child, polled every 10 ms: it belongs to the memory map created by exec,
-    so unlike wait4's ru_maxrss it does not count the pages the child shared with this (large) Python process
-    between fork and exec."""
+    Polled every 10 ms: the child's own VmHWM (the kernel's high-water mark of the memory map created by exec, so
+    unlike wait4's ru_maxrss it does not count pages shared with this large Python process between fork and exec),
+    and the sum of VmRSS over the child and all its descendants (our exporter builds the tokenizer keys in a child
+    process). The peak is the larger of the two."""
     if cleanup is not None:
         shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
     err = OUT / "last-stderr.txt"
@@ -127,7 +128,8 @@ def measure(cmd: list[str], cleanup: Path | None) -> tuple[float, float]:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _hwm_kb(proc.pid))
+            tree = sum(_status_kb(pid, "VmRSS:") for pid in _tree(proc.pid))
+            peak_kb = max(peak_kb, _status_kb(proc.pid, "VmHWM:"), tree)
             time.sleep(0.01)
         wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -135,11 +137,25 @@ def measure(cmd: list[str], cleanup: Path | None) -> tuple[float, float]:
     return wall, peak_kb / 2**20
 
 
-def _hwm_kb(pid: int) -> int:
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants, from /proc/PID/task/TID/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return out
+
+
+def _status_kb(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, ValueError):
         pass

@@ -50,7 +50,8 @@ def run(script: str, *args: str) -> str:
 def convert_section(results: dict) -> list[str]:
     lines = ["## Conversion (bench/convert.py)", "",
              "Random bf16 llama-config models with the real SmolLM2 tokenizer, sharded safetensors, warm page cache; "
-             "median of the runs, peak RSS (VmHWM) of the converting process. Speed ratio = llama.cpp time / our "
+             "median of the runs, peak RSS of the converting process and its children (the larger of its VmHWM and "
+             "the polled sum of VmRSS over the process tree). Speed ratio = llama.cpp time / our "
              "time (target ≥ 2); RSS ratio = ours / llama.cpp (target ≤ 0.5); same-dtype throughput = cp time of "
              "the output / our time (target ≥ 0.7); HF export = our time / `cp -r` time (target ≤ 1.05).", "",
              "| model | what | ours s | anchor s | ratio | ours peak RSS GiB | anchor peak RSS GiB | RSS ratio |",
