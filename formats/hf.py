@@ -81,11 +81,9 @@ def _place_weights(files: list[Path], tmp: Path, *, link: bool, progress: bool) 
             for f in files:
                 (tmp / f.name).unlink(missing_ok=True)
     total = sum(f.stat().st_size for f in files)
-    hashes: dict[str, str | None] = {}
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copy weights", disable=not progress) as bar:
-        for f in files:
-            hashes[f.name] = copy_and_hash(f, tmp / f.name, bar.update)
-    return hashes
+        digests = copy_and_hash([(f, tmp / f.name) for f in files], bar.update)
+    return {f.name: digest for f, digest in zip(files, digests)}
 
 
 def _extend_tokenizer_length(path: Path, spec: RopeSpec) -> None:

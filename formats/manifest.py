@@ -10,7 +10,7 @@ import errno
 import hashlib
 import json
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -29,21 +29,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def copy_and_hash(src: Path, dst: Path, on_chunk: Callable[[int], None] | None = None) -> str:
-    """Copy src to dst and return the sha256 of its bytes, using both cores: the kernel copies
-    (copy_file_range, as cp does, no user-space buffers) while a second thread hashes the source (hashlib drops the
-    GIL), so the export costs about max(copy, hash) rather than their sum."""
-    digest: list[str] = []
-    worker = threading.Thread(target=lambda: digest.append(sha256_file(src)), daemon=True)
-    worker.start()
+def copy_and_hash(pairs: list[tuple[Path, Path]], on_chunk: Callable[[int], None] | None = None) -> list[str]:
+    """Copy each (src, dst) and return the sha256 of each file's bytes, using both cores: the kernel copies the files
+    one after another (copy_file_range, as cp does, no user-space buffers) while two threads hash the sources
+    (hashlib drops the GIL), so a sharded export costs about its largest shard's hash, not the sum of them all."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
     try:
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
-            _kernel_copy(fin, fout, on_chunk)
+        digests = [pool.submit(sha256_file, src) for src, _ in pairs]
+        for src, dst in pairs:
+            copy_file(src, dst, on_chunk)
+        # a failed hash (e.g. the source vanished after its copy): hash what was written instead
+        return [d.result() if d.exception() is None else sha256_file(dst) for d, (_, dst) in zip(digests, pairs)]
     finally:
-        worker.join()
-    if not digest:  # the hashing thread failed (e.g. the source vanished): hash what was written instead
-        digest.append(sha256_file(dst))
-    return digest[0]
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def copy_file(src: Path, dst: Path, on_chunk: Callable[[int], None] | None = None) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        _kernel_copy(fin, fout, on_chunk)
 
 
 def _kernel_copy(fin: BinaryIO, fout: BinaryIO, on_chunk: Callable[[int], None] | None) -> None:
