@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import (GGML_QUANT_VERSION, MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSORS, GGMLQuantizationType, GGUFWriter,
+from gguf import (GGML_QUANT_VERSION, MODEL_ARCH_NAMES, MODEL_TENSORS, GGMLQuantizationType, GGUFWriter,
                   LlamaFileType, get_tensor_name_map, quants)
 
 from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.gguf_integrity import add_provenance, digest_header, write_digest
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
+from ropeconvert.formats.gguf_stream import TensorPlan, write_tensor_data
 from ropeconvert.formats.gguf_tokenizer import add_tokenizer
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
-from ropeconvert.formats.gguf_stream import TensorPlan, permute_qk, write_tensor_data  # noqa: F401 (re-exported)
 from ropeconvert.formats.tensors import index_weights
 
 Q = GGMLQuantizationType

@@ -67,8 +67,8 @@ def _tokenizer_kv(hf_dir: str, stamp: tuple, vocab_size: int) -> dict:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-m", __spec__.name, hf_dir, str(vocab_size)], capture_output=True, env=env)
     try:
-        answer = json.loads(done.stdout)
-    except ValueError:
+        answer = json.loads(done.stdout.splitlines()[-1])  # the last line: a library may print before it
+    except (ValueError, IndexError):
         raise RuntimeError(f"tokenizer worker failed (exit {done.returncode}): "
                            f"{done.stderr.decode(errors='replace')[-600:]}") from None
     if "error" in answer:

@@ -13,9 +13,10 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from ropeconvert.convert.methods import build_spec
 from ropeconvert.convert.spec import BaseRope
 from ropeconvert.errors import UnsupportedError
-from ropeconvert.formats.gguf import permute_qk, plan_tensors, write_gguf_export
+from ropeconvert.formats.gguf import plan_tensors, write_gguf_export
 from ropeconvert.formats.gguf_read import dequantized_tensors, hf_config_from_gguf, unpermute
 from ropeconvert.formats.gguf_rope import FREQS, LONG, SHORT, GgufRope, add_rope, gguf_rope, read_rope, spec_from_gguf
+from ropeconvert.formats.gguf_stream import permute_qk
 from ropeconvert.formats.hf_config import base_rope_from_config
 from ropeconvert.formats.source import read_config
 from ropeconvert.formats.tensors import index_weights, read_tensor
