@@ -21,7 +21,7 @@ from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.gguf_integrity import add_provenance, digest_header, write_digest
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
-from ropeconvert.formats.gguf_stream import TensorPlan, write_tensor_data
+from ropeconvert.formats.gguf_stream import TensorPlan, TensorStream, write_tensor_data
 from ropeconvert.formats.gguf_tokenizer import add_tokenizer
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
@@ -94,7 +94,7 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
     rope = gguf_rope(spec, arch, static)  # refuses what the arch cannot express before any work
     plans = plan_tensors(hf_dir, config, arch, outtype)
     notes = list(rope.notes)
-    with atomic_output(out, force=force, directory=False) as tmp:
+    with atomic_output(out, force=force, directory=False) as tmp, TensorStream(plans) as stream:
         writer = GGUFWriter(str(tmp), arch)
         try:
             add_provenance(writer, provenance)  # first: the sealed digest covers every key after it
@@ -104,7 +104,7 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
             writer.add_file_type(int(file_type))
             writer.add_quantization_version(GGML_QUANT_VERSION)
             add_rope(writer, rope, spec)
-            add_tokenizer(writer, hf_dir, int(config["vocab_size"]))
+            add_tokenizer(writer, hf_dir, int(config["vocab_size"]))  # ~2 s in a child; the stream converts meanwhile
             for tname, arr in rope.tensors.items():
                 writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
             for p in plans:
@@ -115,7 +115,7 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             value_at, hasher = digest_header(tmp)  # hashes the keys and tensor infos after the digest placeholder
-            write_tensor_data(writer.fout[0], list(rope.tensors.values()), plans, hasher, progress)
+            write_tensor_data(writer.fout[0], list(rope.tensors.values()), stream, hasher, progress)
         finally:
             writer.close()
         write_digest(tmp, value_at, hasher.hexdigest())

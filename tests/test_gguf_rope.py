@@ -254,3 +254,14 @@ def test_q8_0_is_bit_exact_with_gguf():
     x[4, :] = 3e38
     for rows in (x, x[:1, :32]):
         assert q8_0(rows).tobytes() == quants.quantize(rows, GGMLQuantizationType.Q8_0).tobytes()
+
+
+def test_bf16_to_f16_is_bit_exact_for_every_bf16_value():
+    """All 65536 bfloat16 bit patterns (zeros, subnormals, values that overflow float16, inf, NaN) against numpy's
+    float32 → float16 cast, which the GGUF exporter used before."""
+    from ropeconvert.formats.gguf_stream import bf16_to_f16
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)
+    with np.errstate(over="ignore"):
+        want = np.left_shift(bits, 16, dtype=np.uint32).view(np.float32).astype(np.float16)
+    assert np.array_equal(bf16_to_f16(bits.copy()).view(np.uint16), want.view(np.uint16))
