@@ -23,6 +23,7 @@ from ropeconvert.formats.tensors import DTYPES, TensorInfo
 Q = GGMLQuantizationType
 BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per conversion job: a few MB stays in cache through the casts
 IN_FLIGHT = 32  # blocks converted ahead of the writer (128 MB of source): they fill while the tokenizer loads
+JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))  # adding 0.5 itself would round 0.49999997 up
 ALIGNMENT = 32  # gguf's default general.alignment, which GGUFWriter uses for the tensor offsets
 
 
@@ -106,8 +107,10 @@ def bf16_to_f16(b: np.ndarray) -> np.ndarray:
 
 def q8_0(x: np.ndarray) -> np.ndarray:
     """Q8_0 blocks (f16 scale, 32 int8) bit for bit as gguf's `quants.Q8_0` (ggml-quants.c's reference) writes
-    them, ~20% faster: the per-block max is a tree of pairwise maxima over column halves (numpy's reduce over
-    32-wide rows was a third of the time), and the rounding (half away from zero, as roundf) is done in place."""
+    them, in about half its time: the per-block max is a tree of pairwise maxima over column halves (numpy's
+    reduce over 32-wide rows was a third of the time), and roundf (half away from zero) is v + copysign(0.5⁻, v)
+    truncated by the int8 cast, which equals gguf's floor-based rounding for every float32 in (-128, 128) (checked
+    exhaustively when this was written; the test checks the hard cases)."""
     blocks = x.reshape(-1, 32)
     a = np.abs(blocks)
     m = a
@@ -117,17 +120,12 @@ def q8_0(x: np.ndarray) -> np.ndarray:
     d = m / np.float32(127)
     inv = np.zeros_like(d)
     np.divide(1, d, out=inv, where=d != 0)
-    v = np.multiply(blocks, inv, out=a)
-    r = np.abs(v)
-    whole = np.floor(r)
-    r -= whole
-    r *= 2
-    np.floor(r, out=r)
-    r += whole  # |v| rounded half away from zero
-    np.copysign(r, v, out=r)
+    v = np.multiply(blocks, inv, out=a)  # |v| <= 127
+    r = np.copysign(JUST_BELOW_HALF, v)
+    r += v
     out = np.empty((blocks.shape[0], 34), np.uint8)
     out[:, :2] = d.astype(np.float16).view(np.uint8)
-    out[:, 2:] = r.astype(np.int8).view(np.uint8)
+    out[:, 2:] = r.astype(np.int8).view(np.uint8)  # the cast truncates toward zero
     return out.reshape(*x.shape[:-1], x.shape[-1] // 32 * 34)
 
 

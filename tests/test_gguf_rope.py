@@ -252,8 +252,21 @@ def test_q8_0_is_bit_exact_with_gguf():
     x[2, :32] = np.linspace(-127, 127, 32) / 2  # exact halves after scaling by 127/63.5
     x[3, :] = -1e-30
     x[4, :] = 3e38
+    x[5, :32] = 127 * np.float32(0.5) ** np.arange(32)  # v from 127 down to ~0: many crossings of .5 steps
+    x[6, :32] = np.nextafter(np.float32(0.5), np.float32(0)) * np.linspace(-1, 1, 32) * 254  # just below ties
+    x[7, :32] = np.array([np.float32(k) + np.float32(0.5) for k in range(-16, 16)])  # exact ties
+    x[7, 0] = 127.0
     for rows in (x, x[:1, :32]):
         assert q8_0(rows).tobytes() == quants.quantize(rows, GGMLQuantizationType.Q8_0).tobytes()
+    # the rounding itself, on every float32 of a dense band just below and at the .5 ties of each step
+    from gguf.quants import np_roundf
+
+    from ropeconvert.formats.gguf_stream import JUST_BELOW_HALF
+    ties = np.arange(-127, 128, dtype=np.float32) + np.float32(0.5)
+    bits = ties.view(np.int32)[:, None] + np.arange(-64, 65, dtype=np.int32)[None, :]
+    v = bits.view(np.float32).ravel()
+    v = v[np.abs(v) <= 127]
+    assert np.array_equal((v + np.copysign(JUST_BELOW_HALF, v)).astype(np.int8), np_roundf(v).astype(np.int8))
 
 
 def test_bf16_to_f16_is_bit_exact_for_every_bf16_value():
