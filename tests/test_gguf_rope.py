@@ -257,7 +257,8 @@ def test_q8_0_is_bit_exact_with_gguf():
     x[7, :32] = np.array([np.float32(k) + np.float32(0.5) for k in range(-16, 16)])  # exact ties
     x[7, 0] = 127.0
     for rows in (x, x[:1, :32]):
-        assert q8_0(rows).tobytes() == quants.quantize(rows, GGMLQuantizationType.Q8_0).tobytes()
+        with np.errstate(over="ignore"):  # row 4's scale overflows float16 to inf, in both
+            assert q8_0(rows).tobytes() == quants.quantize(rows, GGMLQuantizationType.Q8_0).tobytes()
     # the rounding itself, on every float32 of a dense band just below and at the .5 ties of each step
     from gguf.quants import np_roundf
 
