@@ -4,7 +4,7 @@ and hashed on the way (the file's sealed sha256 then needs no second pass over t
 A block is about BLOCK_BYTES of source rows, read straight from the safetensors file, so memory holds a few blocks
 whatever the tensor or model size. Llama-arch Q/K rows are permuted per head, so their blocks hold whole heads.
 The casts are numpy's and release the GIL, as do the file writes and hashlib on large buffers: with a window of
-blocks in flight both cores convert while the writer thread (the caller) writes and hashes.
+blocks in flight both cores convert while the caller writes and a third thread hashes what was written.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 def jobs(plan: TensorPlan) -> list[Callable[[], np.ndarray]]:
     """Callables that return the tensor's GGUF bytes block by block, in file order."""
     info = plan.source
-    if info.dtype not in ("F32", "F16", "BF16"):
+    if info.dtype not in ("F32", "F16", "BF16", "F64"):
         raise UnsupportedError(f"tensor {info.name!r} has dtype {info.dtype}, which GGUF export does not convert",
                                "give a float checkpoint (F32, F16 or BF16)")
     rows, cols = (1, plan.shape[0]) if len(plan.shape) == 1 else (plan.shape[0], int(np.prod(plan.shape[1:])))
