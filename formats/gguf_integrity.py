@@ -50,13 +50,14 @@ def _digest_at(path: Path) -> int | None:
     return None if pos < 0 else pos + len(marker)
 
 
-def _digest_after(path: Path, start: int) -> str:
+def _hash_after(path: Path, start: int):
+    """sha256 of the file's bytes from `start` to its end as it is now (a hashlib object, so more can follow)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         f.seek(start)
         while chunk := f.read(CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    return h
 
 
 def seal(path: Path) -> str:
@@ -75,10 +76,7 @@ def digest_header(path: Path):
     with open(path, "rb") as f:
         if value_at is None or (f.seek(value_at), f.read(64))[1] != PLACEHOLDER.encode():
             raise RuntimeError(f"{path}: digest placeholder not found")  # a bug in the writer, not bad input
-        h = hashlib.sha256()
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return value_at, h
+    return value_at, _hash_after(path, value_at + 64)
 
 
 def write_digest(path: Path, value_at: int, digest: str) -> None:
@@ -100,7 +98,7 @@ def verify_gguf(path: Path) -> tuple[list[str], list[str]]:
     stored, value_at = field(reader, DIGEST_KEY), _digest_at(path)
     if stored is None or value_at is None:
         problems.append(f"no {DIGEST_KEY}: not a ropeconvert export (or made by an older version)")
-    elif _digest_after(path, value_at + 64) != stored:
+    elif _hash_after(path, value_at + 64).hexdigest() != stored:
         problems.append("sha256 differs from the one sealed in the file (metadata or tensor data changed after export)")
     else:
         done.append("sha256 of metadata and tensor data ok")
