@@ -78,6 +78,8 @@ def _convert(plan: TensorPlan, row: int, n_rows: int, cols: int, row_bytes: int,
         return np.ascontiguousarray(raw)
     if plan.qtype == Q.F16:
         return bf16_to_f16(raw) if bf16 else raw.astype(np.float16)
+    if bf16 and plan.qtype == Q.Q8_0:
+        return q8_0_bf16(raw)
     f32 = np.left_shift(raw, 16, dtype=np.uint32).view(np.float32) if bf16 else raw.astype(np.float32, copy=False)
     if plan.qtype == Q.F32:
         return f32
@@ -106,27 +108,43 @@ def bf16_to_f16(b: np.ndarray) -> np.ndarray:
 
 
 def q8_0(x: np.ndarray) -> np.ndarray:
-    """Q8_0 blocks (f16 scale, 32 int8) bit for bit as gguf's `quants.Q8_0` (ggml-quants.c's reference) writes
-    them, in about half its time: the per-block max is a tree of pairwise maxima over column halves (numpy's
-    reduce over 32-wide rows was a third of the time), and roundf (half away from zero) is v + copysign(0.5⁻, v)
-    truncated by the int8 cast, which equals gguf's floor-based rounding for every float32 in (-128, 128) (checked
-    exhaustively when this was written; the test checks the hard cases)."""
+    """Q8_0 blocks (f16 scale, 32 int8) of float32 `x`, bit for bit as gguf's `quants.Q8_0` (ggml-quants.c's
+    reference) writes them, in about half its time: the per-block max is a tree of pairwise maxima over column
+    halves (numpy's reduce over 32-wide rows was a third of the time), and roundf (half away from zero) is
+    v + copysign(0.5⁻, v) truncated by the int8 cast, which equals gguf's floor-based rounding for every float32
+    in (-128, 128) (checked exhaustively when this was written; the test checks the hard cases)."""
     blocks = x.reshape(-1, 32)
     a = np.abs(blocks)
-    m = a
-    while m.shape[1] > 1:
-        half = m.shape[1] // 2
-        m = np.maximum(m[:, :half], m[:, half:])
-    d = m / np.float32(127)
+    return _q8_0_pack(blocks, _block_max(a), scratch=a).reshape(*x.shape[:-1], x.shape[-1] // 32 * 34)
+
+
+def q8_0_bf16(bits: np.ndarray) -> np.ndarray:
+    """`q8_0` of bfloat16 bits (uint16), the same bytes as widening first, ~12% faster: for non-NaN bfloat16 the
+    order of |x| is the order of its low 15 bits, so the block maxima are taken on half the bytes."""
+    blocks = bits.reshape(-1, 32)
+    top = np.left_shift(_block_max(np.bitwise_and(blocks, np.uint16(0x7FFF))), 16, dtype=np.uint32)
+    v = np.left_shift(blocks, 16, dtype=np.uint32).view(np.float32)
+    return _q8_0_pack(v, top.view(np.float32), scratch=v).reshape(*bits.shape[:-1], bits.shape[-1] // 32 * 34)
+
+
+def _block_max(a: np.ndarray) -> np.ndarray:
+    while a.shape[1] > 1:
+        half = a.shape[1] // 2
+        a = np.maximum(a[:, :half], a[:, half:])
+    return a
+
+
+def _q8_0_pack(blocks: np.ndarray, max_abs: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    d = max_abs / np.float32(127)
     inv = np.zeros_like(d)
     np.divide(1, d, out=inv, where=d != 0)
-    v = np.multiply(blocks, inv, out=a)  # |v| <= 127
+    v = np.multiply(blocks, inv, out=scratch)  # |v| <= 127
     r = np.copysign(JUST_BELOW_HALF, v)
     r += v
     out = np.empty((blocks.shape[0], 34), np.uint8)
     out[:, :2] = d.astype(np.float16).view(np.uint8)
     out[:, 2:] = r.astype(np.int8).view(np.uint8)  # the cast truncates toward zero
-    return out.reshape(*x.shape[:-1], x.shape[-1] // 32 * 34)
+    return out
 
 
 class TensorStream:

@@ -240,10 +240,10 @@ def test_row_blocks_write_what_whole_tensor_conversion_writes(outtype, tiny_llam
 
 def test_q8_0_is_bit_exact_with_gguf():
     """Our faster Q8_0 against gguf's reference on the hard cases: all-zero blocks, exact .5 ties after scaling,
-    negative extremes, tiny and huge magnitudes."""
+    negative extremes, tiny and huge magnitudes; and from bfloat16 bits, on every non-NaN bfloat16 value."""
     from gguf import quants
 
-    from ropeconvert.formats.gguf_stream import q8_0
+    from ropeconvert.formats.gguf_stream import q8_0, q8_0_bf16
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((64, 256)).astype(np.float32) * 0.02
@@ -259,6 +259,14 @@ def test_q8_0_is_bit_exact_with_gguf():
     for rows in (x, x[:1, :32]):
         with np.errstate(over="ignore"):  # row 4's scale overflows float16 to inf, in both
             assert q8_0(rows).tobytes() == quants.quantize(rows, GGMLQuantizationType.Q8_0).tobytes()
+    # bfloat16 input (maxima on the bits): x cut to bfloat16, and every non-NaN bfloat16 value in shuffled blocks
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    every = every[(every & 0x7FFF) <= 0x7F80]
+    every = np.concatenate([every, every[:32 - every.size % 32]])
+    for bits in ((x.view(np.uint32) >> 16).astype(np.uint16), rng.permutation(every).reshape(-1, 32)):
+        widened = (bits.astype(np.uint32) << 16).view(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # ±inf in a block: NaN values, in both
+            assert q8_0_bf16(bits).tobytes() == quants.quantize(widened, GGMLQuantizationType.Q8_0).tobytes()
     # the rounding itself, on every float32 of a dense band just below and at the .5 ties of each step
     from gguf.quants import np_roundf
 
