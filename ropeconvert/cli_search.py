@@ -43,7 +43,7 @@ def search(
     groups: int = typer.Option(8, "--groups", help="dpe: dimension groups (even split of the frequency pairs)."),
     topk: Optional[int] = typer.Option(None, "--topk", help="dpe: pairs rescaled per (layer, head) (default 3/4 of them)."),
     lengths: Optional[str] = typer.Option(None, "--lengths", help="dpe: candidate effective lengths ℓ, scale g = target/ℓ (default target, target/2, … ≥ W)."),
-    fixed_scale: Optional[float] = typer.Option(None, "--fixed-scale", help="dpe: scale of the groups not being probed (default 2·s)."),
+    fixed_scale: Optional[float] = typer.Option(None, "--fixed-scale", help="dpe: start every group at this scale (default: the best uniform candidate, scored first)."),
     samples: int = typer.Option(1, "--samples", help="dpe: 4-needle prompts per evaluation."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Run at most N generations now, then leave the checkpoint for --resume."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -92,12 +92,15 @@ def _search_dpe(model, target_context, factor, window, groups, topk, lengths, fi
         progress=not quiet))
     if as_json:
         typer.echo(json.dumps({"out": str(result.out), "map": str(result.map), "scales": result.scales,
-                               "groups": result.groups, "evaluations": result.evaluations,
+                               "retrieved": result.retrieved, "nll": result.nll, "groups": result.groups,
+                               "evaluations": result.evaluations,
                                "seconds": round(result.seconds, 3)}, indent=2))
         return
     for g in result.groups:
         typer.echo(f"group {g['group']} (pairs {g['pairs'][0]}–{g['pairs'][1] - 1}): scale {g['scale']:g}, "
                    f"{g['retrieved']:.0%} of needles retrieved, needle NLL {g['nll'] if g['nll'] is None else round(g['nll'], 3)}")
+    typer.echo(f"map {','.join(f'{g:g}' for g in result.scales)}: {result.retrieved:.0%} of needles retrieved, "
+               f"needle NLL {result.nll if result.nll is None else round(result.nll, 3)}")
     typer.echo(f"{result.evaluations} evaluations ({result.new_evaluations} new); wrote {result.map}, {result.log}, "
                f"{result.plot}")
     typer.echo(f"export: ropeconvert {model} --method dpe --dpe-map {result.map}")

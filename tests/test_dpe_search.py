@@ -1,6 +1,7 @@
 """DPE's key-dimension selection and effective-length detection on a tiny model: the selection against q/k taken
 from the projections by hand (GQA mapped from the config), and the sweep's bookkeeping — every evaluation logged,
-the per-group choice being the logged best, resume without new forwards, the budget refused before any load."""
+the start being the best uniform map, each group moving only to a logged improvement, resume without new forwards,
+the budget refused before any load."""
 from __future__ import annotations
 
 import json
@@ -52,12 +53,18 @@ def test_detection_sweep_log_choice_and_resume(tiny_llama, tmp_path):
                       samples=1, out=tmp_path / "s", progress=False)
     first = search(opts)
     log = json.loads(first.log.read_text())
-    assert log["settings"]["candidates"] == [1.0, 2.0, 4.0] and log["settings"]["fixed_scale"] == 4.0
-    assert first.evaluations == first.new_evaluations == 5  # all-4 once + 2 groups × {1, 2}
+    assert log["settings"]["candidates"] == [1.0, 2.0, 4.0] and log["settings"]["fixed_scale"] is None
+    assert first.evaluations == first.new_evaluations == 7  # 3 uniform maps + 2 groups × the 2 other candidates
     by = {tuple(e["scales"]): e for e in log["evaluations"]}
-    for k, g in enumerate(first.scales):  # the chosen scale is the logged best of its group
-        tried = {c: by[tuple(c if j == k else 4.0 for j in range(2))] for c in (1.0, 2.0, 4.0)}
-        assert min(tried, key=lambda c: (-tried[c]["retrieved"], tried[c]["nll"], c)) == g
+    key = lambda s: (-by[s]["retrieved"], by[s]["nll"])  # noqa: E731
+    current = list(min(((g, g) for g in (1.0, 2.0, 4.0)), key=lambda s: (key(s), s[0])))  # best uniform map
+    for k in range(2):  # each group moves only to a candidate that beats the current map, others held
+        tried = [tuple(c if j == k else current[j] for j in range(2)) for c in (1.0, 2.0, 4.0)]
+        best = min(tried, key=lambda s: (key(s), s[k] != current[k], s[k]))
+        assert key(best) <= key(tuple(current))
+        current = list(best)
+    assert first.scales == current and log["result"]["scales"] == current
+    assert (first.retrieved, first.nll) == (by[tuple(current)]["retrieved"], by[tuple(current)]["nll"])  # scored whole
     written = json.loads(first.map.read_text())
     assert written["format"] == "ropeconvert.dpe_map/1" and written["position_map"]["scales"] == first.scales
     assert np.array(written["position_map"]["shape"]).tolist() == [2, 4, 8] and first.plot.is_file()
@@ -65,12 +72,15 @@ def test_detection_sweep_log_choice_and_resume(tiny_llama, tmp_path):
     assert again.new_evaluations == 0 and again.scales == first.scales
     with pytest.raises(Exception, match="already holds a DPE search"):
         search(opts)
+    fixed = search(DpeOptions(**{**opts.__dict__, "out": tmp_path / "f", "fixed_scale": 3.0}))
+    assert fixed.evaluations == 1 + 2 * 3  # the all-3 map, then every candidate per group (3 is not one)
+    assert json.loads(fixed.log.read_text())["evaluations"][0]["scales"] == [3.0, 3.0]
 
 
 def test_detection_refusals_before_loading(tiny_llama, tmp_path):
     base = dict(model=str(tiny_llama), target_context=512, window=32, groups=2, out=tmp_path / "s", progress=False)
-    with pytest.raises(SpecError, match="needs 5 evaluations"):
-        search(DpeOptions(**base, lengths=(512, 256, 128), budget=4))
+    with pytest.raises(SpecError, match="needs 7 evaluations"):
+        search(DpeOptions(**base, lengths=(512, 256, 128), budget=6))
     with pytest.raises(SpecError, match=r"not an effective length in \[32, 512\]"):
         search(DpeOptions(**base, lengths=(1024,)))
     with pytest.raises(SpecError, match="divide the 8 frequency pairs"):

@@ -1,12 +1,18 @@
 """`ropeconvert search --method dpe`: DPE's effective-length detection (reference/methods.md §3.1) on the model.
 
 1. Key-dimension selection once (convert/search/dpe_select.py): the top-k pairs of each (layer, head).
-2. The pairs are split into G even groups. With every group at the fixed scale (2·s, as the reference's
-   TEST_MAX/PRETRAIN·2), each group in turn takes every candidate scale g = N / ℓ, ℓ one of the candidate
-   effective lengths (default N, N/2, … down to W), and the 4-needle retrieval at the target length N is scored
-   (convert/search/dpe_score.py). The all-fixed setting is one evaluation shared by every group.
-3. Each group gets its best scale (retrieval first, then the lower needle NLL); the map is written as
-   dpe_map.json, the main command's --dpe-map input, with every evaluation in dpe_search.json and search.png.
+2. The pairs are split into G even groups; the candidate scales are g = N / ℓ, ℓ one of the candidate effective
+   lengths (default N, N/2, … down to W). Every evaluation scores 4-needle retrieval at the target length N
+   (convert/search/dpe_score.py) under a whole map, retrieval first, then the lower needle NLL.
+3. Start: every group at one scale — the best uniform candidate (Self-Extend on the selected pairs), or
+   --fixed-scale g (the reference fixes the other groups at TEST_MAX/PRETRAIN·2).
+4. One coordinate pass: each group in turn takes every candidate with the other groups at the current map, and
+   keeps the candidate only when it beats the current map. The reference sweeps each group against the fixed
+   scale and joins the per-group winners unscored; on SmolLM2 that join, never evaluated as a whole, lost the
+   pass key that Self-Extend finds (README "DPE and Self-Extend"). Here the result is always a map that was scored,
+   and it scores no worse than the start.
+5. The map is written as dpe_map.json, the main command's --dpe-map input, with every evaluation in
+   dpe_search.json and search.png.
 
 The model loads once; a candidate is a position map attached to it (validators.dpe_attention.attach), never a
 reload. The log is written after every evaluation and is the cache: --resume continues an interrupted sweep.
@@ -40,7 +46,7 @@ class DpeOptions:
     groups: int = 8
     topk: int | None = None  # default 3/4 of the pairs (DPE: 48 of 64)
     lengths: tuple[int, ...] | None = None  # candidate effective lengths; g = N / ℓ
-    fixed_scale: float | None = None  # the other groups' scale while one is probed (default 2·s)
+    fixed_scale: float | None = None  # the start map's one scale (default: the best uniform candidate)
     samples: int = 1  # needle prompts per evaluation
     budget: int | None = None  # evaluations at most
     seed: int = 0
@@ -62,12 +68,15 @@ class DpeResult:
     scales: list[float]
     evaluations: int
     new_evaluations: int
+    retrieved: float = 0.0  # the final map's score
+    nll: float | None = None
     seconds: float = 0.0
     groups: list[dict] = field(default_factory=list)
 
 
-def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], float, int]:
-    """(target, window, boundaries, candidate scales, fixed scale, topk), refusing bad numbers before any load."""
+def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], float | None, int]:
+    """(target, window, boundaries, candidate scales, fixed start scale or None, topk), refusing bad numbers before
+    any load."""
     s, target = resolve_target(base, o.factor, o.target_context)
     window = default_window(base) if o.window is None else o.window
     PositionMap.build(window=window, boundaries=(0, base.n_pairs), scales=(1.0,), original_context=base.original_context)
@@ -78,18 +87,27 @@ def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], f
             raise SpecError(f"--lengths: {n!r} is not an effective length in [{window}, {target}] (window … target)",
                             f"e.g. --lengths {target},{target // 2},{target // 4}")
     candidates = sorted({round(target / n, 6) for n in lengths})
-    fixed = round(2 * s, 6) if o.fixed_scale is None else float(o.fixed_scale)
-    PositionMap.build(window=window, boundaries=bounds, scales=[fixed] * o.groups, original_context=base.original_context)
+    fixed = None if o.fixed_scale is None else float(o.fixed_scale)
+    if fixed is not None:
+        PositionMap.build(window=window, boundaries=bounds, scales=[fixed] * o.groups,
+                          original_context=base.original_context)
     topk = o.topk if o.topk is not None else max(1, 3 * base.n_pairs // 4)
     top_k(np.zeros((1, 1, base.n_pairs)), topk)
     if o.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {o.samples}")
-    needed = 1 + sum(1 for g in candidates if g != fixed) * o.groups
+    needed = evaluations_needed(len(candidates), o.groups, fixed is None or fixed in candidates, fixed is None)
     if o.budget is not None and o.budget < needed:
-        raise SpecError(f"the sweep needs {needed} evaluations ({o.groups} groups × {len(candidates)} candidate "
-                        f"scales, the all-{fixed:g} setting once) but --budget is {o.budget}",
+        start = "every uniform map" if fixed is None else f"the all-{fixed:g} map"
+        raise SpecError(f"the sweep needs {needed} evaluations ({start}, then {o.groups} groups × the other "
+                        f"candidates of {len(candidates)}) but --budget is {o.budget}",
                         "raise --budget, or lower --groups or pass fewer --lengths")
     return target, window, bounds, candidates, fixed, topk
+
+
+def evaluations_needed(candidates: int, groups: int, start_is_candidate: bool, uniform_start: bool) -> int:
+    """The start (every uniform candidate, or the one fixed map), then per group the candidates other than the
+    group's current scale."""
+    return (candidates if uniform_start else 1) + groups * (candidates - (1 if start_is_candidate else 0))
 
 
 def search(o: DpeOptions) -> DpeResult:
@@ -105,7 +123,8 @@ def search(o: DpeOptions) -> DpeResult:
     out = Path(o.out) if o.out is not None else Path(f"{Path(o.model.rstrip('/')).name}-dpe-search-{target}")
     settings = {"model": o.model, "target_context": target, "original_context": base.original_context,
                 "window": window, "boundaries": list(bounds), "candidates": candidates, "fixed_scale": fixed,
-                "topk": topk, "samples": o.samples, "seed": o.seed, "text": o.text}
+                "topk": topk, "samples": o.samples, "seed": o.seed, "text": o.text,
+                "strategy": "start, then one coordinate pass"}
     log = _start_log(out / LOG, settings, o.resume, o.force)
     return _run(o, base, settings, log, out, hf_checkpoint(source, progress=o.progress))
 
@@ -156,37 +175,41 @@ def _run(o: DpeOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path
     haystack = "\n\n".join(d.text for d in corpus.load(o.text))
     prompts = [dpe_score.build(rt.tokenizer, haystack, target, o.seed, i) for i in range(o.samples)]
     done = {tuple(e["scales"]): e for e in log["evaluations"]}
-    todo = [[fixed] * groups] + [[g if j == k else fixed for j in range(groups)]
-                                 for k in range(groups) for g in settings["candidates"] if g != fixed]
-    new = 0
-    with tqdm(total=len(todo), initial=sum(tuple(t) in done for t in todo), desc="dpe detection", unit="eval",
-              disable=not o.progress, leave=False) as bar:
-        for scales in todo:
-            if tuple(scales) in done:
-                continue
-            t0 = time.perf_counter()
-            pm = PositionMap.build(window=window, boundaries=settings["boundaries"], scales=scales,
-                                   original_context=base.original_context, selected=selected)
-            attach(rt.model, pm)
-            retrieved, nll = dpe_score.score(rt.model, prompts)
-            record = {"scales": scales, "retrieved": retrieved, "nll": nll if math.isfinite(nll) else None,
-                      "seconds": round(time.perf_counter() - t0, 3)}
-            log["evaluations"].append(record)
-            done[tuple(scales)] = record
-            new += 1
-            write_json(out / LOG, log)
-            bar.update(1)
+    candidates, bounds = settings["candidates"], settings["boundaries"]
+    needed = evaluations_needed(len(candidates), groups, fixed is None or fixed in candidates, fixed is None)
+    counter, seen = {"new": 0}, set()
+    with tqdm(total=needed, desc="dpe detection", unit="eval", disable=not o.progress, leave=False) as bar:
+
+        def evaluate(scales: list[float]) -> dict:
+            key = tuple(scales)
+            if key not in done:
+                t0 = time.perf_counter()
+                attach(rt.model, PositionMap.build(window=window, boundaries=bounds, scales=scales,
+                                                   original_context=base.original_context, selected=selected))
+                retrieved, nll = dpe_score.score(rt.model, prompts)
+                done[key] = {"scales": list(scales), "retrieved": retrieved,
+                             "nll": nll if math.isfinite(nll) else None, "seconds": round(time.perf_counter() - t0, 3)}
+                log["evaluations"].append(done[key])
+                counter["new"] += 1
+                write_json(out / LOG, log)
+            if key not in seen:  # the pass asks again for maps it already has (the current map, the start)
+                seen.add(key)
+                bar.update(1)
+            return done[key]
+
+        best, uniform, rows = _coordinate_search(evaluate, candidates, groups, fixed, bounds)
     rt.close()
-    best, per_group = _choose(settings, done)
-    pm = PositionMap.build(window=window, boundaries=settings["boundaries"], scales=best,
+    final = done[tuple(best)]
+    pm = PositionMap.build(window=window, boundaries=bounds, scales=best,
                            original_context=base.original_context, selected=selected)
-    log["result"] = {"scales": best, "groups": per_group,
-                     "effective_lengths": [round(x, 1) for x in pm.effective_lengths(target)]}
+    log["result"] = {"scales": best, "retrieved": final["retrieved"], "nll": final["nll"], "uniform": uniform,
+                     "groups": rows, "effective_lengths": [round(x, 1) for x in pm.effective_lengths(target)]}
     write_json(out / LOG, log)
     write_json(out / MAP, {"format": MAP_FORMAT, "target_context": target, "position_map": pm.to_dict(),
-                           "search": {"retrieved": per_group, "log": LOG}})
-    png = _plot(out / PLOT, settings, done)
-    return DpeResult(out, out / MAP, out / LOG, png, best, len(done), new, time.perf_counter() - started, per_group)
+                           "search": {"retrieved": final["retrieved"], "nll": final["nll"], "log": LOG}})
+    png = _plot(out / PLOT, settings, uniform, rows)
+    return DpeResult(out, out / MAP, out / LOG, png, best, len(done), counter["new"], final["retrieved"], final["nll"],
+                     time.perf_counter() - started, rows)
 
 
 def _key(record: dict) -> tuple[float, float]:
@@ -194,38 +217,48 @@ def _key(record: dict) -> tuple[float, float]:
     return (-record["retrieved"], nll)
 
 
-def _choose(settings: dict, done: dict) -> tuple[list[float], list[dict]]:
-    """Per group, the candidate (or the fixed scale) with the best retrieval, then the lowest needle NLL."""
-    fixed, groups = settings["fixed_scale"], len(settings["boundaries"]) - 1
-    base = done[tuple([fixed] * groups)]
-    best, rows = [], []
+def _coordinate_search(evaluate, candidates: list[float], groups: int, fixed: float | None,
+                       bounds: list[int]) -> tuple[list[float], list[dict], list[dict]]:
+    """The start map, then each group swept with the others at the current map; a group moves only to a candidate
+    that beats the current map (retrieval, then needle NLL). Returns (map, uniform rows, per-group rows)."""
+    starts = candidates if fixed is None else [fixed]
+    uniform = [{"scale": g, **_row(evaluate([g] * groups))} for g in starts]
+    current = [min(starts, key=lambda g: (_key(evaluate([g] * groups)), g))] * groups
+    rows = []
     for k in range(groups):
-        tried = {fixed: base} | {g: done[tuple(g if j == k else fixed for j in range(groups))]
-                                 for g in settings["candidates"] if g != fixed}
-        g = min(tried, key=lambda c: (_key(tried[c]), c))
-        best.append(g)
-        rows.append({"group": k, "pairs": settings["boundaries"][k:k + 2], "scale": g,
-                     "retrieved": tried[g]["retrieved"], "nll": tried[g]["nll"]})
-    return best, rows
+        here = evaluate(current)
+        tried = {current[k]: here}
+        for g in candidates:
+            if g != current[k]:
+                tried[g] = evaluate(current[:k] + [g] + current[k + 1:])
+        g = min(tried, key=lambda c: (_key(tried[c]), c != current[k], c))
+        rows.append({"group": k, "pairs": bounds[k:k + 2], "others": current[:k] + [None] + current[k + 1:],
+                     "scale": g, **_row(tried[g]), "tried": [{"scale": c, **_row(r)} for c, r in sorted(tried.items())]})
+        current = current[:k] + [g] + current[k + 1:]
+    return current, uniform, rows
 
 
-def _plot(path: Path, settings: dict, done: dict) -> Path:
+def _row(record: dict) -> dict:
+    return {"retrieved": record["retrieved"], "nll": record["nll"]}
+
+
+def _plot(path: Path, settings: dict, uniform: list[dict], rows: list[dict]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fixed, groups = settings["fixed_scale"], len(settings["boundaries"]) - 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for k in range(groups):
-        gs = sorted(set(settings["candidates"]) | {fixed})
-        rec = [done[tuple(g if j == k else fixed for j in range(groups))] for g in gs]
-        label = f"pairs {settings['boundaries'][k]}–{settings['boundaries'][k + 1] - 1}"
-        ax1.plot(gs, [r["retrieved"] for r in rec], marker="o", label=label)
-        ax2.plot(gs, [r["nll"] if r["nll"] is not None else math.nan for r in rec], marker="o", label=label)
+    curves = [("all groups (start)", uniform, "k")] if len(uniform) > 1 else []
+    curves += [(f"pairs {r['pairs'][0]}–{r['pairs'][1] - 1}", r["tried"], None) for r in rows]
+    for label, tried, color in curves:
+        gs = [t["scale"] for t in tried]
+        ax1.plot(gs, [t["retrieved"] for t in tried], marker="o", label=label, color=color)
+        ax2.plot(gs, [t["nll"] if t["nll"] is not None else math.nan for t in tried], marker="o", label=label,
+                 color=color)
     for ax, name in ((ax1, "needles retrieved"), (ax2, "needle NLL")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"scale g of the probed group (others {fixed:g})")
+        ax.set_xlabel("scale g of the probed group (others at the current map)")
         ax.set_ylabel(name)
     ax1.legend(fontsize=7)
     fig.suptitle(f"DPE effective-length detection at {settings['target_context']} tokens")
@@ -233,4 +266,3 @@ def _plot(path: Path, settings: dict, done: dict) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
