@@ -22,7 +22,8 @@ from ropeconvert.formats.tensors import DTYPES, TensorInfo
 
 Q = GGMLQuantizationType
 BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per conversion job: a few MB stays in cache through the casts
-IN_FLIGHT = 32  # blocks converted ahead of the writer (128 MB of source): they fill while the tokenizer loads
+IN_FLIGHT_BYTES = 128 << 20  # output converted ahead of the writer: it fills while the tokenizer loads
+HASH_QUEUE = 8  # written blocks waiting for the hashing thread
 JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))  # adding 0.5 itself would round 0.49999997 up
 ALIGNMENT = 32  # gguf's default general.alignment, which GGUFWriter uses for the tensor offsets
 
@@ -51,8 +52,9 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def jobs(plan: TensorPlan) -> list[Callable[[], np.ndarray]]:
-    """Callables that return the tensor's GGUF bytes block by block, in file order."""
+def jobs(plan: TensorPlan) -> list[tuple[Callable[[], np.ndarray], int]]:
+    """(callable, output bytes) pairs whose callables return the tensor's GGUF bytes block by block, in file
+    order."""
     info = plan.source
     if info.dtype not in ("F32", "F16", "BF16", "F64"):
         raise UnsupportedError(f"tensor {info.name!r} has dtype {info.dtype}, which GGUF export does not convert",
@@ -61,7 +63,8 @@ def jobs(plan: TensorPlan) -> list[Callable[[], np.ndarray]]:
     row_bytes = cols * DTYPES[info.dtype][0]
     unit = rows // plan.n_head if plan.n_head else 1  # whole heads per block for the Q/K permutation
     step = max(unit, BLOCK_BYTES // row_bytes // unit * unit)
-    return [lambda r=r: _convert(plan, r, min(step, rows - r), cols, row_bytes, unit) for r in range(0, rows, step)]
+    return [(lambda r=r: _convert(plan, r, min(step, rows - r), cols, row_bytes, unit),
+             plan.nbytes // rows * min(step, rows - r)) for r in range(0, rows, step)]
 
 
 def _convert(plan: TensorPlan, row: int, n_rows: int, cols: int, row_bytes: int, unit: int) -> np.ndarray:
@@ -150,23 +153,27 @@ def _q8_0_pack(blocks: np.ndarray, max_abs: np.ndarray, scratch: np.ndarray) -> 
 class TensorStream:
     """The GGUF bytes of `plans`, block by block in file order. Conversion starts when the stream is made, so while
     the exporter waits for the tokenizer keys (which the header needs first) both cores already fill the window of
-    IN_FLIGHT blocks; bad dtypes are refused here, before anything is written."""
+    IN_FLIGHT_BYTES of output (more blocks when the output is smaller, as for Q8_0); bad dtypes are refused here,
+    before anything is written."""
 
     def __init__(self, plans: list[TensorPlan]):
         self.plans = plans
-        self._todo = iter([(plan, job) for plan in plans for job in [*jobs(plan), None]])  # None: end of a tensor
+        self._todo = iter([(plan, job) for plan in plans for job in [*jobs(plan), (None, 0)]])  # None: tensor end
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gguf-convert")
         self._window: deque = deque()
+        self._ahead = 0  # output bytes in the window
         self._fill()
 
     def _fill(self) -> None:
-        while len(self._window) < IN_FLIGHT and (item := next(self._todo, None)) is not None:
-            plan, job = item
-            self._window.append((plan, None if job is None else self._pool.submit(job)))
+        while (not self._window or self._ahead < IN_FLIGHT_BYTES) and (item := next(self._todo, None)) is not None:
+            plan, (job, size) = item
+            self._window.append((plan, None if job is None else self._pool.submit(job), size))
+            self._ahead += size
 
     def blocks(self) -> Iterator[tuple[TensorPlan, np.ndarray | None]]:
         while self._window:
-            plan, fut = self._window.popleft()
+            plan, fut, size = self._window.popleft()
+            self._ahead -= size
             self._fill()
             yield plan, None if fut is None else np.ascontiguousarray(fut.result()).reshape(-1).view(np.uint8)
 
@@ -187,7 +194,7 @@ def write_tensor_data(f: IO[bytes], tensors: list[np.ndarray], stream: TensorStr
         def put(buf) -> None:
             f.write(buf)
             pending.append(hashing.submit(hasher.update, buf))  # the future keeps buf alive until it is hashed
-            while len(pending) > IN_FLIGHT // 4:
+            while len(pending) > HASH_QUEUE:
                 pending.popleft().result()
 
         _write_all(f, tensors, stream, put, progress)
