@@ -22,7 +22,7 @@ from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.gguf_integrity import add_provenance, digest_header, write_digest
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
 from ropeconvert.formats.gguf_stream import TensorPlan, TensorStream, write_tensor_data
-from ropeconvert.formats.gguf_tokenizer import add_tokenizer
+from ropeconvert.formats.gguf_tokenizer import TokenizerKeys, add_tokenizer
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
 from ropeconvert.formats.tensors import index_weights
@@ -92,9 +92,11 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
     arch = gguf_arch_for(config)
     _, file_type = check_outtype(outtype)
     rope = gguf_rope(spec, arch, static)  # refuses what the arch cannot express before any work
-    plans = plan_tensors(hf_dir, config, arch, outtype)
     notes = list(rope.notes)
-    with atomic_output(out, force=force, directory=False) as tmp, TensorStream(plans) as stream:
+    tokenizer = TokenizerKeys(hf_dir, int(config["vocab_size"]))  # its worker runs from here (~2 s)
+    with tokenizer, atomic_output(out, force=force, directory=False) as tmp, \
+            TensorStream(plan_tensors(hf_dir, config, arch, outtype)) as stream:
+        plans = stream.plans
         writer = GGUFWriter(str(tmp), arch)
         try:
             add_provenance(writer, provenance)  # first: the sealed digest covers every key after it
@@ -104,7 +106,7 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
             writer.add_file_type(int(file_type))
             writer.add_quantization_version(GGML_QUANT_VERSION)
             add_rope(writer, rope, spec)
-            add_tokenizer(writer, hf_dir, int(config["vocab_size"]))  # ~2 s in a child; the stream converts meanwhile
+            add_tokenizer(writer, tokenizer)  # waits for the worker; the stream has been converting meanwhile
             for tname, arr in rope.tensors.items():
                 writer.add_tensor_info(tname, arr.shape, arr.dtype, arr.nbytes)
             for p in plans:

@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +52,55 @@ PRE_BY_REGEX = {
 }
 
 
-def add_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> None:
-    """Write the tokenizer of `hf_dir` (padded to the model's vocab_size) as `tokenizer.*` keys."""
-    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(hf_dir).glob("*")) if p.is_file()
-                  and not p.name.endswith(".safetensors"))
-    for key, value in _tokenizer_kv(str(Path(hf_dir).resolve()), stamp, vocab_size).items():
+class TokenizerKeys:
+    """The tokenizer keys of `hf_dir` (padded to the model's vocab_size), built in the worker process from the moment
+    this is made: the exporter makes it first, so the worker's ~2 s overlap the planning and the conversion that
+    run before the header. `keys()` waits for the answer; leaving the `with` block stops an unfinished worker.
+    Answers are kept per state of the tokenizer files, so `--to both` or a test builds them once."""
+
+    def __init__(self, hf_dir: Path, vocab_size: int):
+        files = sorted(p for p in Path(hf_dir).glob("*") if p.is_file() and not p.name.endswith(".safetensors"))
+        self._key = (str(Path(hf_dir).resolve()), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                                                        for p in files), vocab_size)
+        self._proc = None
+        if self._key not in _ANSWERS:
+            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+            self._proc = subprocess.Popen([sys.executable, "-m", __spec__.name, self._key[0], str(vocab_size)],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+    def keys(self) -> dict:
+        if self._key not in _ANSWERS:
+            stdout, stderr = self._proc.communicate()
+            answer = _parse(stdout, stderr, self._proc.returncode)
+            if len(_ANSWERS) >= 4:
+                _ANSWERS.pop(next(iter(_ANSWERS)))
+            _ANSWERS[self._key] = answer
+        return _ANSWERS[self._key]
+
+    def __enter__(self) -> "TokenizerKeys":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+
+
+_ANSWERS: dict[tuple, dict] = {}
+
+
+def add_tokenizer(writer: GGUFWriter, tokenizer: TokenizerKeys) -> None:
+    """Write the tokenizer keys as `tokenizer.*` keys (waiting for the worker if it is still building them)."""
+    for key, value in tokenizer.keys().items():
         writer.add_key_value(key, value.value, value.type, sub_type=value.sub_type)
 
 
-@lru_cache(maxsize=4)
-def _tokenizer_kv(hf_dir: str, stamp: tuple, vocab_size: int) -> dict:
-    """The tokenizer keys, built once per tokenizer files' state, in a child process without torch."""
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", __spec__.name, hf_dir, str(vocab_size)], capture_output=True, env=env)
+def _parse(stdout: bytes, stderr: bytes, returncode: int) -> dict:
     try:
-        answer = json.loads(done.stdout.splitlines()[-1])  # the last line: a library may print before it
+        answer = json.loads(stdout.splitlines()[-1])  # the last line: a library may print before it
     except (ValueError, IndexError):
-        raise RuntimeError(f"tokenizer worker failed (exit {done.returncode}): "
-                           f"{done.stderr.decode(errors='replace')[-600:]}") from None
+        raise RuntimeError(f"tokenizer worker failed (exit {returncode}): "
+                           f"{stderr.decode(errors='replace')[-600:]}") from None
     if "error" in answer:
         kind = {"InputError": InputError, "UnsupportedError": UnsupportedError}[answer["kind"]]
         raise kind(answer["error"], answer.get("hint"))

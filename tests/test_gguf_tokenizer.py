@@ -45,7 +45,8 @@ def sentencepiece_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("which", ["smollm2", "sentencepiece"])
 def test_worker_keys_pack_like_in_process_keys(which, smollm2_hf, sentencepiece_dir):
     hf_dir, vocab = (smollm2_hf, 49152) if which == "smollm2" else (sentencepiece_dir, 320)
-    got = gguf_tokenizer._tokenizer_kv(str(hf_dir.resolve()), ("test", which), vocab)
+    with gguf_tokenizer.TokenizerKeys(hf_dir, vocab) as worker:
+        got = worker.keys()
     want = in_process(hf_dir, vocab)
     assert list(got) == list(want)
     assert packed(got) == packed(want)
@@ -56,5 +57,6 @@ def test_worker_errors_reach_the_caller_as_input_errors(tmp_path, smollm2_hf):
     (tmp_path / "config.json").write_text((smollm2_hf / "config.json").read_text())
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(InputError) as refused:
-        gguf_tokenizer._tokenizer_kv(str(tmp_path), ("test", "broken"), 49152)
+        with gguf_tokenizer.TokenizerKeys(tmp_path, 49152) as worker:
+            worker.keys()
     assert "tokenizer" in refused.value.one_line()
