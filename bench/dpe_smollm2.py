@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=16384)
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--samples", type=int, default=1, help="needle prompts per detection evaluation")
+    ap.add_argument("--topk", type=int, default=None, help="pairs rescaled per (layer, head) (search default: 3/4)")
     ap.add_argument("--depths", default="0.1,0.5,0.9")
     ap.add_argument("--documents", type=int, default=2)
     ap.add_argument("--stages", default="exports,search,passkey,ppl,gguf")
@@ -54,7 +55,8 @@ def main() -> None:
     if "search" in stages and "search" not in results:
         t0 = time.perf_counter()
         cli("search", args.model, "--method", "dpe", "--target-context", target, "--groups", args.groups,
-            "--samples", args.samples, "--out", out / "search", "--resume" if (out / "search").exists() else "--force")
+            "--samples", args.samples, *(["--topk", args.topk] if args.topk else []), "--out", out / "search",
+            "--resume" if (out / "search").exists() else "--force")
         log = json.loads((out / "search" / "dpe_search.json").read_text())
         save("search", {**log["result"], "evaluations": log["evaluations"], "seconds": time.perf_counter() - t0})
     if "search" in stages and not (exports["dpe"] / "config.json").exists():

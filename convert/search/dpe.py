@@ -233,7 +233,8 @@ def _coordinate_search(evaluate, candidates: list[float], groups: int, fixed: fl
                 tried[g] = evaluate(current[:k] + [g] + current[k + 1:])
         g = min(tried, key=lambda c: (_key(tried[c]), c != current[k], c))
         rows.append({"group": k, "pairs": bounds[k:k + 2], "others": current[:k] + [None] + current[k + 1:],
-                     "scale": g, **_row(tried[g]), "tried": [{"scale": c, **_row(r)} for c, r in sorted(tried.items())]})
+                     "scale": g, **_row(tried[g]),
+                     "tried": [{"scale": c, **_row(r)} for c, r in sorted(tried.items())]})
         current = current[:k] + [g] + current[k + 1:]
     return current, uniform, rows
 
@@ -258,7 +259,7 @@ def _plot(path: Path, settings: dict, uniform: list[dict], rows: list[dict]) -> 
                  color=color)
     for ax, name in ((ax1, "needles retrieved"), (ax2, "needle NLL")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("scale g of the probed group (others at the current map)")
+        ax.set_xlabel("scale g of the probed group (others at the current map; start: all groups)")
         ax.set_ylabel(name)
     ax1.legend(fontsize=7)
     fig.suptitle(f"DPE effective-length detection at {settings['target_context']} tokens")
