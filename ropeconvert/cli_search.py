@@ -41,7 +41,7 @@ def search(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     window: Optional[int] = typer.Option(None, "--window", help="dpe: neighbour window W (default original/8)."),
     groups: int = typer.Option(8, "--groups", help="dpe: dimension groups (even split of the frequency pairs)."),
-    topk: Optional[int] = typer.Option(None, "--topk", help="dpe: pairs rescaled per (layer, head) (default 3/4 of them)."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="dpe: pairs rescaled per (layer, head), the top K by ‖q_i‖·‖k_i‖ (default all; the reference: 3/4)."),
     lengths: Optional[str] = typer.Option(None, "--lengths", help="dpe: candidate effective lengths ℓ, scale g = target/ℓ (default target, target/2, … ≥ W)."),
     fixed_scale: Optional[float] = typer.Option(None, "--fixed-scale", help="dpe: start every group at this scale (default: the best uniform candidate, scored first)."),
     samples: int = typer.Option(1, "--samples", help="dpe: 4-needle prompts per evaluation."),

@@ -44,7 +44,7 @@ class DpeOptions:
     factor: float | None = None
     window: int | None = None
     groups: int = 8
-    topk: int | None = None  # default 3/4 of the pairs (DPE: 48 of 64)
+    topk: int | None = None  # default all pairs; the reference keeps 3/4 (48 of 64), which SmolLM2 does not survive
     lengths: tuple[int, ...] | None = None  # candidate effective lengths; g = N / ℓ
     fixed_scale: float | None = None  # the start map's one scale (default: the best uniform candidate)
     samples: int = 1  # needle prompts per evaluation
@@ -91,7 +91,7 @@ def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], f
     if fixed is not None:
         PositionMap.build(window=window, boundaries=bounds, scales=[fixed] * o.groups,
                           original_context=base.original_context)
-    topk = o.topk if o.topk is not None else max(1, 3 * base.n_pairs // 4)
+    topk = o.topk if o.topk is not None else base.n_pairs
     top_k(np.zeros((1, 1, base.n_pairs)), topk)
     if o.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {o.samples}")
