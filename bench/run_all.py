@@ -119,9 +119,25 @@ def search_section() -> list[str]:
     if not path.is_file():
         return lines + ["Not run in this pass (about an hour on a 2-core CPU): `python bench/run_all.py --search`."]
     data = json.loads(path.read_text())
+    st = data["settings"]
+    lines.append(f"SmolLM2-135M, {st['target']} tokens, {st['documents']} fitness document(s) from {st['corpus']}, "
+                 f"population {st['population']}, budget {st['budget']}, on {st['device']} (s = {st['target'] / 8192:g} "
+                 f"of the trained 8192; 2× is `search_longrope.py --gpu`). Fitness is perplexity (lower is better); "
+                 f"the first population holds the PI/NTK-style seeds of LongRoPE's search, so an early evaluation "
+                 f"can already be below a reference.")
+    log = path.parent / "search_log.json"
+    if log.is_file():  # evaluations needed: the first candidate whose fitness is below each reference's
+        phase = next(iter(json.loads(log.read_text())["phases"].values()))
+        fits = [e["fitness"] for e in phase["evaluations"]]
+        lines += ["", "| reference | its fitness | first evaluation below it | best found |", "|---|---|---|---|"]
+        for name, ref in phase["references"].items():
+            first = next((i + 1 for i, f in enumerate(fits) if f < ref["fitness"]), None)
+            lines.append(f"| {name} | {ref['fitness']:.3f} | {first or 'none in ' + str(len(fits))} | {min(fits):.3f} |")
+        lines.append("")
     lines.append("```json")
-    lines.append(json.dumps(data, indent=1)[:4000])
+    lines.append(json.dumps({k: v for k, v in data.items() if k != "long_factor"}, indent=1)[:4000])
     lines.append("```")
+    lines.append(_measured_at("search/bench.json"))
     return lines
 
 
