@@ -62,14 +62,16 @@ class TokenizerKeys:
         files = sorted(p for p in Path(hf_dir).glob("*") if p.is_file() and not p.name.endswith(".safetensors"))
         self._key = (str(Path(hf_dir).resolve()), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
                                                         for p in files), vocab_size)
-        self._proc = None
-        if self._key not in _ANSWERS:
-            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
-            self._proc = subprocess.Popen([sys.executable, "-m", __spec__.name, self._key[0], str(vocab_size)],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self._proc = None if self._key in _ANSWERS else self._start()
+
+    def _start(self) -> subprocess.Popen:
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+        return subprocess.Popen([sys.executable, "-m", __spec__.name, self._key[0], str(self._key[2])],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
     def keys(self) -> dict:
         if self._key not in _ANSWERS:
+            self._proc = self._proc or self._start()  # an answer cached at the start may have been dropped since
             stdout, stderr = self._proc.communicate()
             answer = _parse(stdout, stderr, self._proc.returncode)
             if len(_ANSWERS) >= 4:
