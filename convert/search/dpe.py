@@ -1,6 +1,7 @@
 """`ropeconvert search --method dpe`: DPE's effective-length detection (reference/methods.md §3.1) on the model.
 
-1. Key-dimension selection once (convert/search/dpe_select.py): the top-k pairs of each (layer, head).
+1. Key-dimension selection once (convert/search/dpe_select.py): the top-k pairs of each (layer, head), by default
+   all of them (the reference keeps 3/4; on SmolLM2 that loses the pass key even under Self-Extend's map).
 2. The pairs are split into G even groups; the candidate scales are g = N / ℓ, ℓ one of the candidate effective
    lengths (default N, N/2, … down to W). Every evaluation scores 4-needle retrieval at the target length N
    (convert/search/dpe_score.py) under a whole map, retrieval first, then the lower needle NLL.
@@ -77,7 +78,7 @@ class DpeResult:
 def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], float | None, int]:
     """(target, window, boundaries, candidate scales, fixed start scale or None, topk), refusing bad numbers before
     any load."""
-    s, target = resolve_target(base, o.factor, o.target_context)
+    _, target = resolve_target(base, o.factor, o.target_context)
     window = default_window(base) if o.window is None else o.window
     PositionMap.build(window=window, boundaries=(0, base.n_pairs), scales=(1.0,), original_context=base.original_context)
     bounds = even_boundaries(base.n_pairs, o.groups)
@@ -95,7 +96,7 @@ def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], f
     top_k(np.zeros((1, 1, base.n_pairs)), topk)
     if o.samples < 1:
         raise SpecError(f"--samples must be at least 1, got {o.samples}")
-    needed = evaluations_needed(len(candidates), o.groups, fixed is None or fixed in candidates, fixed is None)
+    needed = evaluations_needed(candidates, o.groups, fixed)
     if o.budget is not None and o.budget < needed:
         start = "every uniform map" if fixed is None else f"the all-{fixed:g} map"
         raise SpecError(f"the sweep needs {needed} evaluations ({start}, then {o.groups} groups × the other "
@@ -104,10 +105,12 @@ def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], f
     return target, window, bounds, candidates, fixed, topk
 
 
-def evaluations_needed(candidates: int, groups: int, start_is_candidate: bool, uniform_start: bool) -> int:
-    """The start (every uniform candidate, or the one fixed map), then per group the candidates other than the
-    group's current scale."""
-    return (candidates if uniform_start else 1) + groups * (candidates - (1 if start_is_candidate else 0))
+def evaluations_needed(candidates: list[float], groups: int, fixed: float | None) -> int:
+    """The start (every uniform candidate, or the one all-`fixed` map), then per group the candidates other than
+    the group's current scale (which is a candidate unless it is a fixed scale outside them)."""
+    if fixed is None:
+        return len(candidates) + groups * (len(candidates) - 1)
+    return 1 + groups * (len(candidates) - (fixed in candidates))
 
 
 def search(o: DpeOptions) -> DpeResult:
@@ -176,7 +179,7 @@ def _run(o: DpeOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path
     prompts = [dpe_score.build(rt.tokenizer, haystack, target, o.seed, i) for i in range(o.samples)]
     done = {tuple(e["scales"]): e for e in log["evaluations"]}
     candidates, bounds = settings["candidates"], settings["boundaries"]
-    needed = evaluations_needed(len(candidates), groups, fixed is None or fixed in candidates, fixed is None)
+    needed = evaluations_needed(candidates, groups, fixed)
     counter, seen = {"new": 0}, set()
     with tqdm(total=needed, desc="dpe detection", unit="eval", disable=not o.progress, leave=False) as bar:
 
