@@ -90,8 +90,10 @@ def eval_section(rows: list[dict]) -> list[str]:
     mb = 2**20
     lines = ["## Perplexity evaluation (bench/eval_throughput.py)", "",
              "SmolLM2-135M, chunked-head perplexity (`perplexity.token_nll`) vs a bare `model(input_ids)` forward at "
-             "the same length: time is the median of ≥ 3 runs (more at short lengths, ≥ 60 s a side), the two "
-             "alternating in one process; memory is peak RSS above the loaded weights, a fresh process per side.", "",
+             "the same length. Both run in one process, warmed up at the full length, then in back-to-back pairs whose "
+             "order alternates; ≥ 3 pairs (more at short lengths, ≥ 60 s a side). tok/s is from each side's median "
+             "time; the ratio is the median of the pairs' ratios. Memory is peak RSS above the loaded weights, a "
+             "fresh process per side.", "",
              "| length | bare tok/s | ours tok/s | ratio (target ≥ 0.95) | runs a side | run-pair ratios | bare extra MB "
              "| ours extra MB |",
              "|---|---|---|---|---|---|---|---|"]
