@@ -83,13 +83,7 @@ def main() -> None:
         rt = runtime.load(models["base"])
         tok, bos = rt.tokenizer, rt.bos_id
         rt.close()
-        docs = {}
-        for d in corpus.load("austen"):
-            ids = tok(d.text[:target * 12], add_special_tokens=False).input_ids
-            if len(ids) >= target:
-                docs[d.name] = ids
-            if len(docs) == args.documents:
-                break
+        docs = corpus.token_ids(corpus.load("austen"), tok, target, target, args.documents)
     if "ppl" in stages:
         for name in ("base", "yarn", "selfextend", "dpe"):
             key = f"ppl/{name}"

@@ -44,8 +44,10 @@ def main() -> None:
         docs = None
         for name, model in (("base", args.model), (f"yarn x{factor:g}", export)):
             rt = runtime.load(model, device=args.device)
-            if docs is None:
-                docs = documents(rt.tokenizer, length, args.documents)
+            if docs is None:  # the window holds BOS + length − 1 text tokens
+                docs = corpus.token_ids(corpus.load("austen"), rt.tokenizer, length, length - 1, args.documents)
+                if not docs:
+                    raise SystemExit(f"no Austen novel has {length - 1} tokens")
             weights = sum(p.numel() * p.element_size() for p in rt.model.parameters())
             cuda = rt.device.type == "cuda"
             if cuda:
@@ -68,20 +70,6 @@ def main() -> None:
             rt.close()
     (out / "long_ppl.json").write_text(json.dumps(rows, indent=1))
     print(json.dumps(rows))
-
-
-def documents(tokenizer, length: int, count: int) -> dict[str, list[int]]:
-    """The first `count` Austen novels with at least length − 1 tokens (the window holds BOS + length − 1)."""
-    docs = {}
-    for d in corpus.load("austen"):
-        ids = tokenizer(d.text[:length * 12], add_special_tokens=False).input_ids
-        if len(ids) >= length - 1:
-            docs[d.name] = ids[:length - 1]
-        if len(docs) == count:
-            return docs
-    if not docs:
-        raise SystemExit(f"no Austen novel has {length} tokens")
-    return docs
 
 
 def vm_hwm() -> int:

@@ -49,6 +49,22 @@ def load(name: str = "austen") -> list[Document]:
     raise InputError(f"unknown corpus or missing path {name!r}", "use austen, shakespeare, or --text FILE|DIR")
 
 
+def token_ids(documents: list[Document], tokenizer, max_tokens: int | None = None, min_tokens: int = 0,
+              limit: int | None = None) -> dict[str, list[int]]:
+    """Token ids of the documents with at least `min_tokens` (up to `limit` of them, in order). Only a prefix of
+    each text is tokenised when `max_tokens` is given: ~4 characters a token in English, so 12 is a generous
+    margin, and a 700k-character novel is not tokenised whole for a 16k window."""
+    chars = max_tokens * 12 if max_tokens else None
+    out: dict[str, list[int]] = {}
+    for d in documents:
+        if limit is not None and len(out) >= limit:
+            break
+        ids = tokenizer(d.text[:chars], add_special_tokens=False).input_ids
+        if len(ids) >= min_tokens:
+            out[d.name] = ids
+    return out
+
+
 DATASETS = {  # alias → (Hub dataset repo, files to fetch)
     "pg19": ("emozilla/pg19-test", "data/*.parquet"),
     "proof-pile": ("dwzhu/PoSE-Datasets", "proof-pile/test.jsonl"),

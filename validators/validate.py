@@ -155,17 +155,12 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
     lengths = {"ppl": base_lengths, "passkey": opts.passkey_lengths or base_lengths,
                "niah": opts.niah_lengths or base_lengths}
     # tokenise once, only as much of each document as the sweep can use, with the extended model's tokenizer
+    from ropeconvert.validators.corpus import token_ids
     from ropeconvert.validators.perplexity import tokens_needed
 
     need = tokens_needed(list(lengths["ppl"]), opts.stride, opts.truncate, opts.max_windows)
-    chars = need * 12 if need < 1 << 40 else None  # ~4 chars/token in English; generous margin
-    doc_ids = {}
-    for d in docs:
-        if len(doc_ids) >= opts.documents:
-            break
-        ids = ext.tokenizer(d.text[:chars], add_special_tokens=False).input_ids
-        if "ppl" not in opts.tasks or len(ids) >= min(lengths["ppl"]) - 1:
-            doc_ids[d.name] = ids
+    doc_ids = token_ids(docs, ext.tokenizer, need if need < 1 << 40 else None,
+                        min(lengths["ppl"]) - 1 if "ppl" in opts.tasks else 0, opts.documents)
     haystack = "\n\n".join(d.text for d in docs)
     runtime_info = {**ext.describe(), "engine": ext.kind}
     bos = ext.bos_id is not None
