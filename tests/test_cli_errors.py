@@ -97,9 +97,11 @@ def test_output_exists(tiny_llama, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
-def test_output_parent_missing(tiny_llama, tmp_path):
+def test_output_parent_not_a_directory(tiny_llama, tmp_path):
+    (tmp_path / "no").write_text("a file")  # a missing parent is made (as mkdir -p); a file in the way cannot be
     out = tmp_path / "no" / "such" / "dir"
-    assert_one_line_error(run_cli(tiny_llama, "-m", "linear", "-s", "2", "-o", out), "does not exist")
+    assert_one_line_error(run_cli(tiny_llama, "-m", "linear", "-s", "2", "-o", out),
+                          "does not exist and cannot be created")
 
 
 def test_pickle_weights_refused(broken_model, tmp_path):

@@ -65,6 +65,8 @@ def test_sigkill_at_random_moments(medium_llama, tmp_path, to, trials):
         assert list(tmpdir.iterdir()) == []  # nothing left outside the output's parent directory
         rerun = run_cli(*args, "-o", out, "--force")
         assert rerun.returncode == 0 and out.exists(), rerun.stderr
+        # a killed run cannot clean up; the next run to the same output sweeps what it left (its PID is dead)
+        assert sorted(p.name for p in parent.iterdir()) == [out.name]
     assert outcomes["absent"] >= trials // 3, outcomes  # most kills land mid-run
 
 
