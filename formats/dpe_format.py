@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,11 +110,12 @@ def read_hf_map(export_dir: Path, config: dict[str, Any]) -> PositionMap | None:
         return None
 
     def read(name: str) -> bytes:
-        try:
-            return (Path(export_dir) / name).read_bytes()
-        except FileNotFoundError:
+        from ropeconvert.formats.safe_io import read_bytes  # a regular file only: a FIFO would block
+
+        if not os.path.lexists(Path(export_dir) / name):
             raise InputError(f"{export_dir} lacks {name}, the index map its config.json names",
-                             "copy the whole export directory") from None
+                             "copy the whole export directory")
+        return read_bytes(Path(export_dir) / name, "index map")
 
     return position_map_from_hf(block, read)
 
@@ -178,8 +180,8 @@ def add_gguf_metadata(writer, metadata: dict[str, Any]) -> None:
 
 
 def _int(config: dict[str, Any], key: str) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"config.json: {key} must be a positive integer, got {value!r}")
-    return value
+    from ropeconvert.formats.config_check import INT_FIELDS, positive_int, require  # the one config check
+
+    require(config, (key,), purpose="a position-map export")
+    return positive_int("config.json", key, config[key], INT_FIELDS[key])
 

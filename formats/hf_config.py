@@ -10,12 +10,12 @@ multiply it by `factor` in vLLM/SGLang, and transformers' dynamic NTK switches o
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 from ropeconvert.convert.methods import build_spec
 from ropeconvert.convert.spec import BaseRope, RopeSpec
-from ropeconvert.errors import InputError, SpecError, UnsupportedError
+from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.formats.config_check import check_config, require
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 # keys that describe the rope; everything else in config.json is carried over untouched
@@ -23,13 +23,10 @@ _ROPE_KEYS = ("rope_scaling", "rope_parameters", "original_max_position_embeddin
 
 
 def rope_dict(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's rope dict (v4 `rope_scaling` wins over v5 `rope_parameters`, as transformers 5 does)."""
-    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    if not isinstance(rope, dict):
-        raise InputError(f"config.json: rope_scaling must be an object, got {type(rope).__name__}")
-    if any(isinstance(v, dict) for v in rope.values()):
-        raise UnsupportedError("config.json has per-layer-type rope parameters", "only one global rope is supported")
-    return rope
+    """The config's rope dict (v4 `rope_scaling` wins over v5 `rope_parameters`, as transformers 5 does); its
+    contents were validated by config_check (which refuses per-layer-type dicts)."""
+    check_config(config)
+    return config.get("rope_scaling") or config.get("rope_parameters") or {}
 
 
 def rope_type(config: dict[str, Any]) -> str:
@@ -45,25 +42,21 @@ def base_rope_from_config(config: dict[str, Any], original_context: int | None =
             f"unsupported architecture model_type={model_type!r}",
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama, Mistral, Qwen2/3, Phi-3, SmolLM families)",
         )
-    for key in ("hidden_size", "num_attention_heads"):
-        _require_int(config, key)
+    check_config(config)  # the one validating layer (a no-op re-check for configs read from disk)
+    require(config, ("hidden_size", "num_attention_heads"), purpose="the rope")
     rope = rope_dict(config)
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) or 1.0
+    partial = rope.get("partial_rotary_factor") or config.get("partial_rotary_factor") or 1.0
     thetas = [t for t in (config.get("rope_theta"), rope.get("rope_theta")) if t is not None]
-    for t in thetas:
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 1:
-            raise InputError(f"config.json: rope_theta must be a number > 1, got {t!r}")
     if len(thetas) == 2 and thetas[0] != thetas[1]:
         raise InputError(f"config.json: top-level rope_theta {thetas[0]:g} disagrees with {thetas[1]:g} in the rope dict",
                          "make them equal (runtimes differ in which one they read)")
     theta = thetas[-1] if thetas else 10000.0  # transformers' default when a config names none
     if original_context is None:
-        original_context = (
-            rope.get("original_max_position_embeddings")
-            or config.get("original_max_position_embeddings")
-            or _require_int(config, "max_position_embeddings")
-        )
+        original_context = rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+        if original_context is None:
+            require(config, ("max_position_embeddings",), purpose="the trained context length")
+            original_context = config["max_position_embeddings"]
     return BaseRope(
         head_dim=int(head_dim), rotary_dim=int(int(head_dim) * float(partial)), rope_theta=float(theta),
         original_context=int(original_context), arch=str(model_type),
@@ -148,21 +141,14 @@ def spec_from_hf_config(config: dict[str, Any], original_context: int | None = N
                               factor=float(scale), attention_factor=rope.get("attention_factor"),
                               allow_non_monotone=True)
     except KeyError as e:
-        raise InputError(f"config.json: rope_scaling of type {kind!r} lacks {e.args[0]!r}") from None
+        raise InputError(f"config.json: rope_scaling of type {kind!r} lacks {e.args[0]!r}",
+                         "give the complete rope_scaling the model was published with") from None
     raise UnsupportedError(f"config.json: rope type {kind!r} is not supported",
                            "supported: default, linear, dynamic, yarn, longrope, llama3")
 
 
-def _require_int(config: dict[str, Any], key: str) -> int:
-    value = config.get(key)
-    if value is None:
-        raise InputError(f"config.json lacks {key!r}", "give a complete HF config.json (as saved by transformers)")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"config.json: {key} must be a positive integer, got {value!r}")
-    return value
-
-
 def _float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"config.json: rope_scaling.{name} must be a number, got {value!r}")
+    """A required rope number (its type and range were checked by config_check): absent is a missing key."""
+    if value is None:
+        raise KeyError(name)
     return float(value)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ropeconvert.errors import InputError
+from ropeconvert.formats.config_check import show
+from ropeconvert.formats.safe_io import open_regular, read_json
 
 MANIFEST_FILE = "ropeconvert.json"
 REPORT_FILES = ("report.json", "report.md", "README.md")  # written after the export; not part of the manifest
@@ -23,7 +24,7 @@ CHUNK = 16 * 1024 * 1024
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # an unreadable source is a read error (InputError), never "cannot write"
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -45,7 +46,7 @@ def copy_and_hash(pairs: list[tuple[Path, Path]], on_chunk: Callable[[int], None
 
 
 def copy_file(src: Path, dst: Path, on_chunk: Callable[[int], None] | None = None) -> None:
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with open_regular(src) as fin, open(dst, "wb") as fout:
         _kernel_copy(fin, fout, on_chunk)
 
 
@@ -83,27 +84,36 @@ def file_entries(export_dir: Path, known: dict[str, str | None]) -> dict[str, di
 
 
 def load_manifest(export_dir: Path) -> dict[str, Any]:
+    """The manifest, parsed safely, with the shape verify relies on checked (a damaged one is one line)."""
     path = export_dir / MANIFEST_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{export_dir} has no {MANIFEST_FILE}", "only exports written by ropeconvert can be verified") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"{path} is not valid JSON", "the export is damaged; re-export it") from None
+    if not os.path.lexists(path):
+        raise InputError(f"{export_dir} has no {MANIFEST_FILE}", "only exports written by ropeconvert can be verified")
+    fix = "the export is damaged; re-export it"
+    data = read_json(path, "manifest", fix)
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise InputError(f"{path} has no file list", "re-export with this version of ropeconvert")
+    for name, entry in data["files"].items():
+        if not isinstance(entry, dict) or type(entry.get("size")) is not int or \
+                not isinstance(entry.get("sha256"), (str, type(None))):
+            raise InputError(f"{path}: files[{show(name)}] must be {{size: integer, sha256: string or null}}, "
+                             f"got {show(entry)}", fix)
+    if not isinstance(data.get("weights", []), list) or not all(isinstance(w, str) for w in data.get("weights", [])):
+        raise InputError(f"{path}: weights must be a list of file names, got {show(data.get('weights'))}", fix)
+    if not isinstance(data.get("source_path"), (str, type(None))) or not isinstance(data.get("spec"), (dict, type(None))):
+        raise InputError(f"{path}: source_path must be a string and spec an object", fix)
     return data
 
 
-def verify_hf(export_dir: Path) -> tuple[list[str], list[str]]:
-    """Re-check an HF export; returns (problems, checks done). No problems means it is intact."""
+def verify_hf(export_dir: Path, source: Path | None = None) -> tuple[list[str], list[str]]:
+    """Re-check an HF export; returns (problems, checks done). No problems means it is intact. The manifest records
+    no machine path: `source` (verify --source DIR) is the directory to compare the weights with, if any."""
     from ropeconvert.convert.spec import RopeSpec
     from ropeconvert.formats.hf_config import base_rope_from_config, spec_from_hf_config
     from ropeconvert.formats.source import read_config
 
     manifest = load_manifest(export_dir)
     problems, done = [], []
-    source_dir = Path(manifest["source_path"]) if manifest.get("source_path") else None
+    source_dir = Path(source) if source is not None else None
     for name, entry in manifest["files"].items():
         path = export_dir / name
         if Path(name).name != name or not path.is_file():
@@ -117,10 +127,12 @@ def verify_hf(export_dir: Path) -> tuple[list[str], list[str]]:
             problems.append(f"{name}: sha256 differs from the manifest (the file changed after export)")
         if name in manifest.get("weights", []) and source_dir is not None and (source_dir / name).is_file():
             if sha256_file(source_dir / name) != digest:
-                problems.append(f"{name}: not byte-identical to the source {source_dir / name}")
+                problems.append(f"{name}: not byte-identical to the source's {name}")
             else:
                 done.append(f"{name}: byte-identical to the source")
-        done.append(f"{name}: sha256 ok" if entry.get("sha256") else f"{name}: linked weights, compared with source")
+        done.append(f"{name}: sha256 ok" if entry.get("sha256") else
+                    f"{name}: hard-linked weights (--link), not hashed" + (", compared with the source" if source_dir else
+                                                                          "; pass --source DIR to compare them"))
     extra = sorted(p.name for p in export_dir.iterdir() if p.is_file() and p.name not in manifest["files"]
                    and p.name != MANIFEST_FILE and p.name not in REPORT_FILES and not p.name.endswith(".png"))
     problems += [f"{name}: not in the manifest" for name in extra]

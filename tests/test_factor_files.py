@@ -51,7 +51,7 @@ def test_phi3_config(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     ("1.0\nabc\n", "line 2 is not a list of numbers"),
     ("", "holds no numbers"),
-    ("{not json", "invalid JSON"),
+    ("{not json", "is not valid JSON"),
     ('{"long_factor": [1, "x"]}', "long_factor[1] = 'x' is not a number"),
     ('{"something": 1}', "no factor list found"),
     ("1,2\n1,2,3\n", "rows have different lengths"),

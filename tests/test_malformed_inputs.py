@@ -58,7 +58,7 @@ WEIGHT_CASES = [
 ]
 SHARD_CASES = [
     ("missing-shard", lambda d: next(d.glob("model-00002-*.safetensors")).unlink(), "named in model.safetensors.index.json is missing"),
-    ("index-invalid", lambda d: (d / "model.safetensors.index.json").write_text("{"), "not a valid safetensors index"),
+    ("index-invalid", lambda d: (d / "model.safetensors.index.json").write_text("{"), "model.safetensors.index.json is not valid JSON"),
     ("index-shard-traversal", lambda d: _edit_index(d, "../../etc/passwd"), "not a plain file name"),
     ("index-shard-absolute", lambda d: _edit_index(d, "/etc/passwd"), "not a plain file name"),
     ("index-shard-subdir", lambda d: _edit_index(d, "sub/model.safetensors"), "not a plain file name"),
@@ -71,7 +71,7 @@ CONFIG_CASES = [
     ("no-heads", lambda d: _edit_config(d, num_attention_heads=None), "lacks 'num_attention_heads'"),
     ("no-max-positions", lambda d: _edit_config(d, max_position_embeddings=None), "lacks 'max_position_embeddings'"),
     ("hidden-size-text", lambda d: _edit_config(d, hidden_size="abc"), "hidden_size must be a positive integer"),
-    ("rope-theta-negative", lambda d: _edit_config(d, rope_theta=-5.0), "rope_theta must be a number > 1"),
+    ("rope-theta-negative", lambda d: _edit_config(d, rope_theta=-5.0), "rope_theta must be a finite number > 1"),
     ("rope-scaling-not-object", lambda d: _edit_config(d, rope_scaling="yarn"), "rope_scaling must be an object"),
     ("unsupported-arch", lambda d: _edit_config(d, model_type="gpt2"), "unsupported architecture model_type='gpt2'"),
 ]

@@ -8,42 +8,54 @@ pipeline measures the selection on the model (convert/search/dpe_select.py) and 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ropeconvert.convert.factor_files import parse_number
 from ropeconvert.convert.methods._registry import rope_method
 from ropeconvert.convert.methods.selfextend import default_window
 from ropeconvert.convert.position_map import PositionMap, even_boundaries
 from ropeconvert.convert.spec import BaseRope, RopeSpec, SpecError, resolve_target
 from ropeconvert.errors import InputError
+from ropeconvert.formats.config_check import MAX_CONTEXT, positive_int, show
+from ropeconvert.formats.safe_io import read_json
 
 MAP_FORMAT = "ropeconvert.dpe_map/1"  # what `search --method dpe` writes and --dpe-map reads
 
 
 def parse_scales(value: str | Sequence[float]) -> tuple[float, ...]:
     if isinstance(value, str):
-        try:
-            return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise SpecError(f"--scales {value!r} is not a comma-separated list of numbers", "e.g. --scales 2,8,2,8") from None
+        parsed = tuple(parse_number(v) for v in value.replace(" ", "").split(",") if v)
+        if None in parsed or not parsed:  # parse_number: plain decimals only (float() would take "1_0" as 10)
+            raise SpecError(f"--scales {show(value)} is not a comma-separated list of numbers", "e.g. --scales 2,8,2,8")
+        return parsed
     return tuple(float(v) for v in value)
 
 
 def read_map_file(path: str | Path) -> tuple[PositionMap, int]:
     """(map, target length) from a search output (dpe_map.json)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"--dpe-map {str(p)!r} not found", "pass the dpe_map.json that `ropeconvert search --method dpe` wrote") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"--dpe-map {str(p)!r} is not JSON") from None
+    fix = "pass the dpe_map.json that `ropeconvert search --method dpe` wrote"
+    data = read_json(p, "--dpe-map", fix)
     if not isinstance(data, dict) or data.get("format") != MAP_FORMAT:
-        raise InputError(f"--dpe-map {str(p)!r} is not a {MAP_FORMAT} file", "pass the dpe_map.json a DPE search wrote")
-    return PositionMap.from_dict(data["position_map"]), int(data["target_context"])
+        raise InputError(f"--dpe-map {p} is not a {MAP_FORMAT} file", fix)
+    pm = data.get("position_map")
+    if not isinstance(pm, dict):
+        raise InputError(f"--dpe-map {p} has no position_map object", fix)
+    for key in ("window", "original_context"):
+        positive_int(f"--dpe-map {p}", f"position_map.{key}", pm.get(key), MAX_CONTEXT, fix)
+    for key, kind in (("boundaries", "a list of integers"), ("scales", "a list of numbers"),
+                      ("shape", "a list of integers or null"), ("selected", "a list of hex strings or null")):
+        value = pm.get(key)  # PositionMap itself checks the values; here only that each is the right sort of list
+        if value is None and key in ("shape", "selected"):
+            continue
+        item = str if key == "selected" else ((int, float) if key == "scales" else int)
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise InputError(f"--dpe-map {p}: position_map.{key} must be {kind}, got {show(value)}", fix)
+    target = positive_int(f"--dpe-map {p}", "target_context", data.get("target_context"), MAX_CONTEXT, fix)
+    return PositionMap.from_dict(data["position_map"]), target
 
 
 @rope_method(
