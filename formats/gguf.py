@@ -22,8 +22,9 @@ from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.gguf_integrity import add_provenance, digest_header, write_digest
 from ropeconvert.formats.gguf_rope import add_rope, gguf_rope
 from ropeconvert.formats.gguf_stream import TensorPlan, TensorStream, write_tensor_data
-from ropeconvert.formats.gguf_tokenizer import TokenizerKeys, add_tokenizer
+from ropeconvert.formats.gguf_tokenizer import TokenizerKeys, add_tokenizer, check_tokenizer_json
 from ropeconvert.formats.output import atomic_output
+from ropeconvert.formats.config_check import GGUF_FIELDS
 from ropeconvert.formats.source import read_config
 from ropeconvert.formats.tensors import index_weights
 
@@ -88,15 +89,15 @@ def write_gguf_export(hf_dir: Path, spec: RopeSpec, out: Path, *, outtype: str =
                       force: bool = False, progress: bool = True, name: str | None = None,
                       provenance: dict[str, Any] | None = None) -> tuple[Path, list[str]]:
     """Write `hf_dir` with `spec`'s rope as one GGUF file at `out`; returns its path and notes for the user."""
-    config = read_config(hf_dir)
+    config = read_config(hf_dir, GGUF_FIELDS, "a GGUF export")  # every hparam _add_hparams writes, type-checked
     arch = gguf_arch_for(config)
     _, file_type = check_outtype(outtype)
     rope = gguf_rope(spec, arch, static)  # refuses what the arch cannot express before any work
     notes = list(rope.notes)
+    plans = plan_tensors(hf_dir, config, arch, outtype)  # refuses bad shapes before any output exists
     tokenizer = TokenizerKeys(hf_dir, int(config["vocab_size"]))  # its worker runs from here (~2 s)
-    with tokenizer, atomic_output(out, force=force, directory=False) as tmp, \
-            TensorStream(plan_tensors(hf_dir, config, arch, outtype)) as stream:
-        plans = stream.plans
+    with tokenizer, atomic_output(out, force=force, directory=False, sources=(hf_dir,)) as tmp, \
+            TensorStream(plans) as stream:
         writer = GGUFWriter(str(tmp), arch)
         try:
             add_provenance(writer, provenance)  # first: the sealed digest covers every key after it
@@ -157,17 +158,28 @@ def export_gguf(source, spec: RopeSpec, out: Path, *, outtype: str | None = None
             raise UnsupportedError("--outtype does not apply to a GGUF source: its tensors are copied without "
                                    "re-quantizing", "drop --outtype, or convert from the HF checkpoint")
         gguf_rope(spec, gguf_arch(open_gguf(source.path)), static)
+        if check_only:  # `--to both`: a changed sealed source is refused before the HF half is written
+            from ropeconvert.formats.gguf_reextend import check_source_seal
+
+            check_source_seal(source.path)
     else:
         check_outtype(outtype or "f16")
-        gguf_rope(spec, gguf_arch_for(read_config(source.path)), static)
-    check_output(out, force)
+        config = read_config(source.path, GGUF_FIELDS, "a GGUF export")
+        gguf_rope(spec, gguf_arch_for(config), static)
+        plan_tensors(source.path, config, gguf_arch_for(config), outtype or "f16")  # shapes, from the headers alone
+        check_tokenizer_json(source.path)
+    check_output(out, force, directory=False, sources=(source.path,))
     if check_only:
         return None, []
     if source.kind == "gguf":
         from ropeconvert.formats.gguf_reextend import reextend_gguf
 
-        return reextend_gguf(source.path, spec, out, static=static, force=force, progress=progress,
-                             provenance={**(provenance or {}), "source_path": str(source.path)})
+        from ropeconvert.formats.inspect import tensor_types
+
+        path, notes = reextend_gguf(source.path, spec, out, static=static, force=force, progress=progress,
+                                    provenance=provenance)
+        kept = tensor_types(open_gguf(source.path))
+        return path, [*notes, f"tensors kept as the source stores them ({kept}): a GGUF source is re-extended "
+                              "without re-quantizing; convert from an HF checkpoint to choose --outtype"]
     return write_gguf_export(source.path, spec, out, outtype=outtype or "f16", static=static, force=force,
-                             progress=progress, name=Path(source.name.rstrip("/")).name,
-                             provenance={**(provenance or {}), "source_path": str(source.path)})
+                             progress=progress, name=Path(source.name.rstrip("/")).name, provenance=provenance)

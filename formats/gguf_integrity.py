@@ -1,14 +1,17 @@
-"""Integrity of a GGUF export: provenance keys, a sha256 of the tensor data sealed into the file itself, and
+"""Integrity of a GGUF export: provenance keys, a sha256 of the whole file sealed into the file itself, and
 `ropeconvert verify FILE.gguf`.
 
 A GGUF travels as one file, so its manifest lives inside it: `ropeconvert.spec` (the RopeSpec, written by
-gguf_rope.add_rope), `ropeconvert.source*` (where it came from) and `ropeconvert.tensor_data_sha256`. The digest key
-is the first key after the architecture, written as a 64-character placeholder; once every tensor is on disk the
-placeholder's bytes are overwritten in place with the sha256 of everything after it (all other metadata, tensor
-infos and tensor data) — same length, so no offset moves. Sealing and checking find the key by scanning the head of
-the file rather than parsing it (parsing a 49k-token vocabulary takes seconds). Verify also checks the rope keys
-and tensors against what gguf_rope prescribes for the stored spec and, for a re-extension, compares every tensor
-with the source file's bytes.
+gguf_rope.add_rope), `ropeconvert.source*` (where it came from) and the seal `ropeconvert.sha256`. The seal is the
+first key after the architecture, written as a 64-character placeholder; once every tensor is on disk the
+placeholder's bytes are overwritten in place with the sha256 of the whole file as it was with the placeholder in it
+(magic, version, counts, every key, tensor infos and tensor data) — same length, so no offset moves. Sealing and
+checking find the key by scanning the head of the file rather than parsing it (parsing a 49k-token vocabulary takes
+seconds), so a file whose header no longer parses is still reported as changed. Exports from before this seal carry
+`ropeconvert.tensor_data_sha256`, a hash of the bytes after that key only (not the magic, version, counts and
+architecture before it): verify still checks those and says the seal is of the old kind. Verify also checks the rope
+keys and tensors against what gguf_rope prescribes for the stored spec and, for a re-extension, compares every
+tensor with the source file's bytes; a re-extension refuses a source whose own seal fails (check_seal).
 """
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ from typing import Any
 import numpy as np
 from gguf import GGUFWriter
 
+from ropeconvert.errors import InputError, RopeConvertError
 from ropeconvert.formats.gguf_read import ROPE_TENSORS, field, gguf_arch, open_gguf
+from ropeconvert.formats.safe_io import open_regular
 
-DIGEST_KEY = "ropeconvert.tensor_data_sha256"
+DIGEST_KEY = "ropeconvert.sha256"  # the whole file, read with this value as the placeholder
+LEGACY_DIGEST_KEY = "ropeconvert.tensor_data_sha256"  # older exports: every byte after this value only
 PLACEHOLDER = "0" * 64
-PROVENANCE_KEYS = ("source", "source_name", "source_revision", "source_license", "source_path")
+# where the export came from: identity only (Hub id and revision, or a local file's name and sha256), never a path
+PROVENANCE_KEYS = ("source", "source_name", "source_revision", "source_license", "base_model", "source_sha256", "weights_origin")
 CHUNK = 16 * 1024 * 1024
 HEAD_SCAN = 1 << 20  # the digest key comes right after the architecture: well inside the first MiB
 
@@ -40,28 +47,31 @@ def add_provenance(writer: GGUFWriter, provenance: dict[str, Any] | None) -> Non
             writer.add_string(f"ropeconvert.{key}", json.dumps(value) if isinstance(value, dict) else str(value))
 
 
-def _digest_at(path: Path) -> int | None:
+def _digest_at(path: Path, key: str = DIGEST_KEY) -> int | None:
     """File offset of the digest value: the key (u64 length + bytes), type string (u32 8), value length u64 64."""
-    key = DIGEST_KEY.encode()
-    marker = struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, 64)
-    with open(path, "rb") as f:
+    marker = struct.pack("<Q", len(key)) + key.encode() + struct.pack("<IQ", 8, 64)
+    with open_regular(path, "GGUF file") as f:
         head = f.read(HEAD_SCAN)
     pos = head.find(marker)
     return None if pos < 0 else pos + len(marker)
 
 
-def _hash_after(path: Path, start: int):
-    """sha256 of the file's bytes from `start` to its end as it is now (a hashlib object, so more can follow)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
+def _hash_after(path: Path, start: int, h=None, end: int | None = None):
+    """sha256 (fed into `h`, or a new one) of the file's bytes from `start` to `end` (default: its end as it is now);
+    the hashlib object is returned, so more can follow."""
+    h = h or hashlib.sha256()
+    with open_regular(path, "GGUF file") as f:
         f.seek(start)
-        while chunk := f.read(CHUNK):
+        left = None if end is None else end - start
+        while chunk := f.read(CHUNK if left is None else min(CHUNK, left)):
             h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
     return h
 
 
 def seal(path: Path) -> str:
-    """Hash a freshly written GGUF after its digest key and write the digest over the placeholder."""
+    """Hash a freshly written GGUF (placeholder in place) and write the digest over the placeholder."""
     value_at, hasher = digest_header(path)
     digest = hasher.hexdigest()
     write_digest(path, value_at, digest)
@@ -69,14 +79,39 @@ def seal(path: Path) -> str:
 
 
 def digest_header(path: Path):
-    """(offset of the digest value, sha256 of every byte after the placeholder up to the end of the file as it is
-    now). The GGUF exporter calls this after the tensor infos and feeds the tensor data to the hasher as it writes
-    it, so the data is never read back."""
+    """(offset of the digest value, sha256 of the file from its first byte, placeholder included, up to its end as it
+    is now). The GGUF exporter calls this after the tensor infos and feeds the tensor data to the hasher as it
+    writes it, so the data is never read back."""
     value_at = _digest_at(path)
     with open(path, "rb") as f:
         if value_at is None or (f.seek(value_at), f.read(64))[1] != PLACEHOLDER.encode():
             raise RuntimeError(f"{path}: digest placeholder not found")  # a bug in the writer, not bad input
-    return value_at, _hash_after(path, value_at + 64)
+    return value_at, _hash_after(path, 0)
+
+
+def check_seal(path: Path) -> tuple[bool | None, bool]:
+    """(intact, legacy): whether the file's bytes are those its ropeconvert seal was made from (None: it carries no
+    seal), and whether the seal is of the old kind (not covering the header bytes before it). Reads raw bytes only,
+    so a file whose header no longer parses is still reported as changed."""
+    for key, legacy in ((DIGEST_KEY, False), (LEGACY_DIGEST_KEY, True)):
+        value_at = _digest_at(path, key)
+        if value_at is None:
+            continue
+        with open_regular(path, "GGUF file") as f:
+            f.seek(value_at)
+            stored = f.read(64)
+        if legacy:
+            actual = _hash_after(path, value_at + 64)
+        else:  # the bytes before the value, the placeholder the hash was taken with, then the rest
+            actual = _hash_after(path, value_at + 64, _prefix_with_placeholder(path, value_at))
+        return actual.hexdigest().encode() == stored, legacy
+    return None, False
+
+
+def _prefix_with_placeholder(path: Path, value_at: int):
+    h = _hash_after(path, 0, end=value_at)
+    h.update(PLACEHOLDER.encode())
+    return h
 
 
 def write_digest(path: Path, value_at: int, digest: str) -> None:
@@ -85,50 +120,81 @@ def write_digest(path: Path, value_at: int, digest: str) -> None:
         out.write(digest.encode())
 
 
-def verify_gguf(path: Path) -> tuple[list[str], list[str]]:
-    """(problems, checks done) for a GGUF export; no problems means intact."""
-    from ropeconvert.formats.gguf_rope import gguf_rope, read_rope, spec_from_gguf
+def verify_gguf(path: Path, source: Path | None = None) -> tuple[list[str], list[str]]:
+    """(problems, checks done) for a GGUF export; no problems means intact. A re-extended export's tensor bytes are
+    compared with `source`, or with the embedded model when that is the source it names."""
+    from ropeconvert.formats.gguf_rope import spec_from_gguf
 
-    reader = open_gguf(path)
-    arch = gguf_arch(reader)
     problems, done = [], []
-    size = path.stat().st_size
-    short = [t.name for t in reader.tensors if t.data_offset + t.n_bytes > size]
-    problems += [f"tensor {n}: data runs past the end of the file" for n in short]
-    stored, value_at = field(reader, DIGEST_KEY), _digest_at(path)
-    if stored is None or value_at is None:
-        problems.append(f"no {DIGEST_KEY}: not a ropeconvert export (or made by an older version)")
-    elif _hash_after(path, value_at + 64).hexdigest() != stored:
-        problems.append("sha256 differs from the one sealed in the file (metadata or tensor data changed after export)")
+    intact, legacy = check_seal(path)  # first, from the raw bytes: it holds even when the header no longer parses
+    if intact is None:
+        problems.append(f"no {DIGEST_KEY} seal: not a ropeconvert export, or its header was damaged")
+    elif not intact:
+        problems.append("sha256 differs from the one sealed in the file (header, metadata or tensor data changed "
+                        "after export)")
+    elif legacy:
+        done.append("sha256 of metadata and tensor data ok (an export from an older ropeconvert: its seal, "
+                    f"{LEGACY_DIGEST_KEY}, does not cover the magic, version, counts and architecture before it; "
+                    "re-export for a whole-file seal)")
     else:
-        done.append("sha256 of metadata and tensor data ok")
-    spec = spec_from_gguf(reader)
+        done.append("sha256 of metadata and tensor data ok (the whole file, header included)")
+    try:
+        reader = open_gguf(path)
+    except InputError as e:
+        return problems + [f"the file no longer reads as GGUF: {e.problem}"], done
+    named = field(reader, "ropeconvert.source_name")
+    if source is None and isinstance(named, str):
+        from ropeconvert.formats.source import ALIASES, EMBEDDED, embedded_gguf
+
+        if named in ALIASES and ALIASES.get(named) == EMBEDDED:  # the one local source every install has
+            source = embedded_gguf()
+    try:
+        arch = gguf_arch(reader)
+        spec = spec_from_gguf(reader)
+    except RopeConvertError as e:  # an edited architecture or spec key: a change like any other
+        return problems + [f"the file no longer reads as a ropeconvert export: {e.problem}"], done
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return problems + ["its ropeconvert.spec metadata is no longer a valid spec"], done
     if spec is None:
         problems.append("no ropeconvert.spec key: cannot check the rope")
     else:
+        problems, done = _check_rope(reader, spec, arch, problems, done)
+    if source is not None:  # `verify --source FILE`: the GGUF it was re-extended from (the export records no path)
+        recorded = field(reader, "ropeconvert.source_sha256")
+        if recorded and _hash_after(Path(source), 0).hexdigest() != recorded:
+            problems.append(f"{Path(source).name} is not the file this export was made from (sha256 differs)")
+        else:
+            found = _compare_with_source(reader, path, Path(source))
+            problems += found
+            if not found:
+                done.append(f"tensor bytes identical to the source {Path(source).name}")
+    return problems, done
+
+
+def _check_rope(reader, spec, arch: str, problems: list[str], done: list[str]) -> tuple[list[str], list[str]]:
+    from ropeconvert.formats.gguf_rope import gguf_rope, read_rope
+
+    try:
         expected = gguf_rope(spec, arch, static=spec.dynamic_factor is not None)
         written = read_rope(reader)
-        diffs = [k for k in ("context_length", "original_context", "freq_base", "dimension_count", "scaling_type",
-                             "scaling_factor", "attn_factor") if not _same(getattr(expected, k), getattr(written, k))]
-        diffs += [n for n in set(expected.tensors) | set(written.tensors)
-                  if n not in expected.tensors or n not in written.tensors
-                  or not np.array_equal(expected.tensors[n], written.tensors[n])]
-        if diffs:
-            problems.append(f"rope metadata differs from the spec: {', '.join(sorted(diffs))}")
-        else:
-            done.append("rope keys and tensors equal the spec")
-    source = field(reader, "ropeconvert.source_path")
-    if source and Path(source).is_file() and Path(source).suffix == ".gguf":
-        problems += _compare_with_source(reader, path, Path(source))
-        if not problems:
-            done.append(f"tensor bytes identical to the source {source}")
-    return problems, done
+    except RopeConvertError as e:  # e.g. an architecture edited into one that cannot carry this rope
+        return problems + [f"the rope cannot be checked: {e.problem}"], done
+    except (TypeError, ValueError, ZeroDivisionError):  # a rope key removed or retyped
+        return problems + ["the rope keys no longer read as numbers (a key removed or retyped)"], done
+    diffs = [k for k in ("context_length", "original_context", "freq_base", "dimension_count", "scaling_type",
+                         "scaling_factor", "attn_factor") if not _same(getattr(expected, k), getattr(written, k))]
+    diffs += [n for n in set(expected.tensors) | set(written.tensors)
+              if n not in expected.tensors or n not in written.tensors
+              or not np.array_equal(expected.tensors[n], written.tensors[n])]
+    if diffs:
+        return problems + [f"rope metadata differs from the spec: {', '.join(sorted(diffs))}"], done
+    return problems, done + ["rope keys and tensors equal the spec"]
 
 
 def _compare_with_source(reader, path: Path, source: Path) -> list[str]:
     src = {t.name: t for t in open_gguf(source).tensors if t.name not in ROPE_TENSORS}
     out = []
-    with open(path, "rb") as a, open(source, "rb") as b:
+    with open_regular(path, "GGUF file") as a, open_regular(source, "GGUF source") as b:
         for t in reader.tensors:
             if t.name in ROPE_TENSORS:
                 continue

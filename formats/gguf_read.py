@@ -7,7 +7,9 @@ the GGUF vocabulary (its `gguf_file=` loader), which is the one piece we do not 
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.formats.gguf_header import check_header, printable_name as _label
+from ropeconvert.formats.safe_io import open_regular
 
 GGUF_MAGIC = b"GGUF"
 HF_ARCH = {  # GGUF arch → (HF model_type, HF class)
@@ -36,23 +40,47 @@ SHARD_BYTES = 2 * 1024**3
 
 
 def is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
+    """Whether `path` is a file starting with the GGUF magic (False for a missing path or a directory). A file that
+    cannot be read is one InputError saying so: "not a GGUF" would blame the wrong thing, and a FIFO would block."""
+    path = Path(path)
+    if not path.exists() or path.is_dir():
         return False
+    with open_regular(path) as f:
+        try:
+            return f.read(4) == GGUF_MAGIC
+        except OSError as e:
+            raise InputError(f"cannot read {path} ({os.strerror(e.errno or errno.EIO)})", "check the disk or the file") from None
 
 
 def open_gguf(path: Path):
-    """A GGUFReader, with a truncated or corrupt file reported as one InputError."""
+    """A GGUFReader, with a truncated or corrupt file reported as one InputError. The header is walked first
+    (check_header), so the reader never sees a count or a shape that does not fit the file."""
     from gguf import GGUFReader
 
+    if not Path(path).exists():
+        raise InputError(f"{path} not found", "check the path")
     if not is_gguf(path):
         raise InputError(f"{path} is not a GGUF file (no GGUF magic)", "pass a .gguf file, an HF directory or a Hub id")
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _READERS:
+        return _READERS[key]
+    check_header(path)
     try:
-        return GGUFReader(str(path), "r")
-    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on damage
-        raise InputError(f"{path}: corrupt or truncated GGUF ({type(e).__name__}: {str(e)[:120]})", "re-download or re-export the file") from None
+        reader = GGUFReader(str(path), "r")
+    except Exception as e:  # what the walk cannot foresee; the reader's own message may quote names from the file
+        raise InputError(f"{path}: corrupt or truncated GGUF (gguf's reader refused it: {type(e).__name__})",
+                         "re-download or re-export the file") from None
+    _READERS.clear()  # only the last one: a reader of a 49k-token vocabulary holds ~150 MB of numpy views
+    _READERS[key] = reader
+    return reader
+
+
+# One run reads its source GGUF in several places (resolve, base rope, export checks, provenance), and gguf's reader
+# takes seconds per 49k-token vocabulary each time (a re-extension test went from 94 s to 9 s): the last reader is
+# kept, by file identity. It is a read-only shared map, so an edit in place is seen through it; any rewrite changes
+# the size, inode or mtime, hence the key.
+_READERS: dict[tuple, Any] = {}
 
 
 def field(reader, key: str, default: Any = None) -> Any:
@@ -67,35 +95,46 @@ def field(reader, key: str, default: Any = None) -> Any:
 
 def gguf_arch(reader) -> str:
     arch = field(reader, "general.architecture")
-    if arch not in HF_ARCH:
-        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}", f"supported: {', '.join(HF_ARCH)}")
+    if not isinstance(arch, str) or arch not in HF_ARCH:
+        from ropeconvert.formats.config_check import show
+
+        raise UnsupportedError(f"unsupported GGUF architecture {show(arch)}", f"supported: {', '.join(HF_ARCH)}")
     return arch
 
 
 def hf_config_from_gguf(reader) -> dict[str, Any]:
-    """An HF config.json equivalent of the GGUF metadata (plain RoPE: any scaling the file carries is dropped)."""
+    """An HF config.json equivalent of the GGUF metadata (plain RoPE: any scaling the file carries is dropped).
+    Every number is checked here, naming its GGUF key, before anything divides or reshapes by it."""
+    from ropeconvert.formats.config_check import MAX_CONTEXT, check_config
+
     arch = gguf_arch(reader)
     model_type, cls = HF_ARCH[arch]
 
-    def need(key: str):
-        v = field(reader, f"{arch}.{key}")
-        if v is None:
-            raise InputError(f"GGUF lacks {arch}.{key}", "the file is incomplete; re-export it")
-        return v
+    def count(key: str, default: Any = None, most: int = 1 << 26, least: int = 1) -> int:
+        return _gguf_int(reader, f"{arch}.{key}", default, most, least)
 
     names = {t.name for t in reader.tensors}
-    heads, hidden = int(need("attention.head_count")), int(need("embedding_length"))
-    head_dim = int(field(reader, f"{arch}.attention.key_length", hidden // heads))
-    n_rot = int(field(reader, f"{arch}.rope.dimension_count", head_dim))
-    orig = field(reader, f"{arch}.rope.scaling.original_context_length") or need("context_length")
-    vocab = field(reader, f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    heads, hidden = count("attention.head_count", most=1 << 14), count("embedding_length", most=1 << 20)
+    kv_heads = count("attention.head_count_kv", heads, most=heads)
+    if heads % kv_heads:
+        raise InputError(f"GGUF metadata: {arch}.attention.head_count {heads} is not a multiple of "
+                         f"{arch}.attention.head_count_kv {kv_heads}", "the file is damaged; re-export it")
+    head_dim = count("attention.key_length", hidden // heads or None, most=1 << 14)
+    n_rot = count("rope.dimension_count", head_dim, most=head_dim)
+    if n_rot % 2 or head_dim % 2:
+        raise InputError(f"GGUF metadata: head size {head_dim} / rope.dimension_count {n_rot} must be even",
+                         "the file is damaged; re-export it")
+    orig = count("rope.scaling.original_context_length", 0, most=MAX_CONTEXT, least=0) or \
+        count("context_length", most=MAX_CONTEXT)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = count("vocab_size", len(tokens.data) if tokens is not None else None)
     config = {
         "architectures": [cls], "model_type": model_type, "hidden_size": hidden,
-        "intermediate_size": int(need("feed_forward_length")), "num_hidden_layers": int(need("block_count")),
-        "num_attention_heads": heads, "num_key_value_heads": int(field(reader, f"{arch}.attention.head_count_kv", heads)),
-        "head_dim": head_dim, "rms_norm_eps": float(field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(field(reader, f"{arch}.rope.freq_base", 10000.0)), "max_position_embeddings": int(orig),
-        "vocab_size": int(vocab), "tie_word_embeddings": "output.weight" not in names, "hidden_act": "silu",
+        "intermediate_size": count("feed_forward_length", most=1 << 22), "num_hidden_layers": count("block_count", most=1 << 14),
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+        "rms_norm_eps": _gguf_number(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, 0.0),
+        "rope_theta": _gguf_number(reader, f"{arch}.rope.freq_base", 10000.0, 1.0), "max_position_embeddings": orig,
+        "vocab_size": vocab, "tie_word_embeddings": "output.weight" not in names, "hidden_act": "silu",
         "torch_dtype": "float32",
     }
     if n_rot != head_dim:
@@ -103,10 +142,31 @@ def hf_config_from_gguf(reader) -> dict[str, Any]:
     if arch == "llama":
         config.update(attention_bias="blk.0.attn_q.bias" in names, mlp_bias=False)
     for key, hf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
-        v = field(reader, f"tokenizer.ggml.{key}")
-        if v is not None:
-            config[hf_key] = int(v)
-    return config
+        if field(reader, f"tokenizer.ggml.{key}") is not None:
+            config[hf_key] = _gguf_int(reader, f"tokenizer.ggml.{key}", None, vocab - 1, 0)
+    return check_config(config, f"the HF config built from {arch} GGUF metadata")
+
+
+def _gguf_int(reader, key: str, default: Any, most: int, least: int = 1) -> int:
+    from ropeconvert.formats.config_check import show
+
+    v = field(reader, key, default)
+    if v is None:
+        raise InputError(f"GGUF lacks {key}", "the file is incomplete; re-export it")
+    if isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most:
+        raise InputError(f"GGUF metadata {key} must be an integer from {least} to {most}, got {show(v)}",
+                         "the file is damaged; re-export it")
+    return v
+
+
+def _gguf_number(reader, key: str, default: float, above: float) -> float:
+    from ropeconvert.formats.config_check import show
+
+    v = field(reader, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= above:
+        raise InputError(f"GGUF metadata {key} must be a finite number > {above:g}, got {show(v)}",
+                         "the file is damaged; re-export it")
+    return float(v)
 
 
 def existing_scaling(reader) -> str | None:
@@ -114,11 +174,15 @@ def existing_scaling(reader) -> str | None:
     arch = field(reader, "general.architecture")
     kind = field(reader, f"{arch}.rope.scaling.type")
     factor = field(reader, f"{arch}.rope.scaling.factor") or field(reader, f"{arch}.rope.scale_linear")
+    from ropeconvert.formats.config_check import show
+
     tensors = [t.name for t in reader.tensors if t.name in ROPE_TENSORS]
+    shown = kind if isinstance(kind, str) and kind.isidentifier() else show(kind)  # values from the file, shown safely
     if tensors:
-        return f"{', '.join(tensors)}" + (f" (type {kind})" if kind else "")
+        return f"{', '.join(tensors)}" + (f" (type {shown})" if kind else "")
     if kind not in (None, "none") and factor not in (None, 0.0, 1.0):
-        return f"rope.scaling.type={kind} factor={factor:g}"
+        number = isinstance(factor, (int, float)) and not isinstance(factor, bool)
+        return f"rope.scaling.type={shown} factor={f'{factor:g}' if number else show(factor)}"
     if kind == "yarn":
         return "rope.scaling.type=yarn"
     return None
@@ -134,7 +198,8 @@ def hf_name(gguf_name: str) -> str | None:
         return f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}.{kind}"
     if stem in _GLOBAL:
         return f"{_GLOBAL[stem]}.{kind}"
-    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no HF equivalent here", "only llama/qwen2/qwen3/phi3 layouts are supported")
+    raise UnsupportedError(f"GGUF tensor {_label(gguf_name, 'of the file')} has no HF equivalent here",
+                           "only llama/qwen2/qwen3/phi3 layouts are supported")
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -155,18 +220,24 @@ def dequantized_tensors(reader, config: dict[str, Any]):
         try:
             arr = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         except NotImplementedError:
-            raise UnsupportedError(f"GGUF tensor {t.name!r} uses {t.tensor_type.name}, which the gguf package cannot dequantize") from None
+            raise UnsupportedError(f"GGUF tensor {_label(t.name, 'of the file')} uses {t.tensor_type.name}, which the "
+                                   "gguf package cannot dequantize") from None
+        heads = None
         if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
-            arr = unpermute(arr, config["num_attention_heads"])
+            heads = config["num_attention_heads"]
         elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
-            arr = unpermute(arr, config["num_key_value_heads"])
+            heads = config["num_key_value_heads"]
+        if heads is not None:
+            if arr.ndim == 0 or arr.shape[0] % (2 * heads) or not arr.size:
+                raise InputError(f"GGUF tensor {_label(t.name, 'of the file')} has {arr.shape[0] if arr.ndim else 0} rows, which do not "
+                                 f"split into {heads} heads of an even size", "the file is damaged; re-export it")
+            arr = unpermute(arr, heads)
         yield name, arr
 
 
 def write_hf_from_gguf(path: Path, out_dir: Path, progress: bool = True) -> None:
     """Dequantize a GGUF into `out_dir` (config, safetensors shards, tokenizer). `out_dir` must exist and be empty."""
     import torch
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     reader = open_gguf(path)
@@ -183,11 +254,11 @@ def write_hf_from_gguf(path: Path, out_dir: Path, progress: bool = True) -> None
         shards[-1][name] = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         size += arr.nbytes
     if len(shards) == 1:
-        save_file(shards[0], str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        _save_shard(shards[0], out_dir / "model.safetensors")
     else:
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
+            _save_shard(shard, out_dir / fname)
             weight_map.update({k: fname for k in shard})
         total = sum(t.numel() * 4 for s in shards for t in s.values())
         (out_dir / "model.safetensors.index.json").write_text(
@@ -196,6 +267,21 @@ def write_hf_from_gguf(path: Path, out_dir: Path, progress: bool = True) -> None
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2))
     _write_tokenizer(path, out_dir)
+
+
+def _save_shard(tensors: dict[str, Any], path: Path) -> None:
+    """safetensors' save_file, its I/O failures turned into the OSError they are (it raises its own
+    SafetensorError, so a full disk could not be told from a bug)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def _write_tokenizer(path: Path, out_dir: Path) -> None:
@@ -207,7 +293,8 @@ def _write_tokenizer(path: Path, out_dir: Path) -> None:
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
-        raise UnsupportedError(f"could not rebuild the tokenizer from {path.name}: {str(e)[:160]}") from None
+        raise UnsupportedError(f"could not rebuild the tokenizer from {path.name} (transformers' GGUF loader raised "
+                               f"{type(e).__name__})", "convert from the HF checkpoint instead") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     tok.save_pretrained(str(out_dir))

@@ -8,6 +8,9 @@ blocks in flight both cores convert while the caller writes and a third thread h
 """
 from __future__ import annotations
 
+import errno
+import math
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,13 +40,30 @@ class TensorPlan:
     source: TensorInfo
     n_head: int | None = None  # set for llama-arch Q/K: rows are permuted for the interleaved rope
 
+    def __post_init__(self) -> None:
+        """Refuse a shape the conversion cannot stream, before any output exists: products in Python ints (a
+        `[2^62+16, 4]` shape would wrap numpy's int64 and ask for ~1.7e13 row blocks), checked against the bytes the
+        source really holds; zero-size tensors; Q/K rows that do not split into whole heads of even size."""
+        info, shape = self.source, self.shape
+        where = f"{info.file}: tensor {info.name!r}"
+        if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+            raise InputError(f"{where} has shape {list(shape)}; a GGUF export needs every dimension ≥ 1",
+                             "the checkpoint is damaged; re-download or re-save it")
+        itemsize = DTYPES.get(info.dtype, (None,))[0]
+        if itemsize is not None and math.prod(shape) * itemsize != info.nbytes:
+            raise InputError(f"{where} holds {info.nbytes} bytes but {info.dtype}{list(shape)} needs "
+                             f"{math.prod(shape) * itemsize}", "the checkpoint is damaged; re-download it")
+        if self.n_head is not None and shape[0] % (2 * self.n_head):
+            raise InputError(f"{where} has {shape[0]} rows, which do not split into {self.n_head} heads of an even "
+                             "size", "num_attention_heads / num_key_value_heads in config.json do not match the weights")
+
     @property
     def byte_shape(self) -> tuple[int, ...]:
-        return tuple(quants.quant_shape_to_byte_shape(self.shape, self.qtype))
+        return tuple(int(d) for d in quants.quant_shape_to_byte_shape(self.shape, self.qtype))
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.byte_shape))
+        return math.prod(self.byte_shape)
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -59,7 +79,7 @@ def jobs(plan: TensorPlan) -> list[tuple[Callable[[], np.ndarray], int]]:
     if info.dtype not in ("F32", "F16", "BF16", "F64"):
         raise UnsupportedError(f"tensor {info.name!r} has dtype {info.dtype}, which GGUF export does not convert",
                                "give a float checkpoint (F32, F16 or BF16)")
-    rows, cols = (1, plan.shape[0]) if len(plan.shape) == 1 else (plan.shape[0], int(np.prod(plan.shape[1:])))
+    rows, cols = (1, plan.shape[0]) if len(plan.shape) == 1 else (plan.shape[0], math.prod(plan.shape[1:]))
     row_bytes = cols * DTYPES[info.dtype][0]
     unit = rows // plan.n_head if plan.n_head else 1  # whole heads per block for the Q/K permutation
     step = max(unit, BLOCK_BYTES // row_bytes // unit * unit)
@@ -70,7 +90,11 @@ def jobs(plan: TensorPlan) -> list[tuple[Callable[[], np.ndarray], int]]:
 def _convert(plan: TensorPlan, row: int, n_rows: int, cols: int, row_bytes: int, unit: int) -> np.ndarray:
     info = plan.source
     dtype = np.uint16 if info.dtype == "BF16" else DTYPES[info.dtype][1]
-    raw = np.fromfile(info.file, dtype=dtype, count=n_rows * cols, offset=info.begin + row * row_bytes)
+    try:
+        raw = np.fromfile(info.file, dtype=dtype, count=n_rows * cols, offset=info.begin + row * row_bytes)
+    except OSError as e:  # inside the output's block, where an OSError would read as a write failure
+        raise InputError(f"cannot read {info.file} ({os.strerror(e.errno or errno.EIO)})",
+                         "check the disk or the file") from None
     if raw.size != n_rows * cols:
         raise InputError(f"{info.file}: tensor {info.name!r} is cut short", "the file is truncated; re-download it")
     raw = raw.reshape(n_rows, cols)

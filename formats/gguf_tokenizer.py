@@ -31,6 +31,8 @@ from gguf.gguf_writer import GGUFValue
 
 from ropeconvert.errors import InputError, UnsupportedError
 
+FIX = "re-download the tokenizer files"
+
 # fixed probe text of llama.cpp's convert_hf_to_gguf.py `get_vocab_base_pre` (its hashes are over these ids)
 PROBE = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ '
          '🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ '
@@ -59,6 +61,7 @@ class TokenizerKeys:
     Answers are kept per state of the tokenizer files, so `--to both` or a test builds them once."""
 
     def __init__(self, hf_dir: Path, vocab_size: int):
+        check_tokenizer_json(Path(hf_dir))  # here, in one line each, rather than as a failure of the worker
         files = sorted(p for p in Path(hf_dir).glob("*") if p.is_file() and not p.name.endswith(".safetensors"))
         self._key = (str(Path(hf_dir).resolve()), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
                                                         for p in files), vocab_size)
@@ -89,6 +92,17 @@ class TokenizerKeys:
 
 
 _ANSWERS: dict[tuple, dict] = {}
+TOKENIZER_JSON = {"tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer config",
+                  "special_tokens_map.json": "special tokens map", "added_tokens.json": "added tokens"}
+
+
+def check_tokenizer_json(hf_dir: Path) -> None:
+    """The tokenizer's JSON files parse, at any depth or size, as one InputError each (never quoting them)."""
+    from ropeconvert.formats.safe_io import check_depth, read_json
+
+    for name, what in TOKENIZER_JSON.items():
+        if os.path.lexists(hf_dir / name):
+            check_depth(read_json(hf_dir / name, what, FIX), f"{what} {hf_dir / name}", FIX)
 
 
 def add_tokenizer(writer: GGUFWriter, tokenizer: TokenizerKeys) -> None:
@@ -168,8 +182,9 @@ def _load_hf_tokenizer(hf_dir: Path):
     hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
-    except Exception as e:
-        raise InputError(f"{hf_dir}: the tokenizer does not load ({type(e).__name__}: {str(e)[:120]})",
+    except Exception as e:  # the library's own words may quote the files: only with ROPECONVERT_DEBUG
+        said = f": {' '.join(str(e).split())[:160]}" if os.environ.get("ROPECONVERT_DEBUG") not in (None, "", "0") else ""
+        raise InputError(f"{hf_dir}: the tokenizer does not load (transformers raised {type(e).__name__}{said})",
                          "give a checkpoint with tokenizer.json or tokenizer.model") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -250,12 +265,9 @@ def _adds_special(tok) -> dict[str, bool]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"{path} is not valid JSON", "re-download the tokenizer files") from None
+    from ropeconvert.formats.safe_io import read_json
+
+    return read_json(path, TOKENIZER_JSON.get(path.name, "tokenizer file"), FIX) if path.is_file() else None
 
 
 if __name__ == "__main__":

@@ -18,11 +18,15 @@ def describe(path: Path) -> dict[str, Any]:
         return _describe_hf(path)
     if path.is_file() and is_gguf(path):
         return _describe_gguf(path)
-    raise InputError(f"{path} is neither an HF model directory nor a GGUF file")
+    if not path.exists():
+        raise InputError(f"{path} not found (no such file or directory)", "check the path")
+    raise InputError(f"{path} is neither an HF model directory nor a GGUF file", "pass a directory with config.json or a .gguf file")
 
 
 def _summary(values) -> str:
     a = np.asarray(values, dtype=np.float64)
+    if not a.size:
+        return "0 values"
     return f"{a.size} values, min {a.min():.4g}, max {a.max():.4g}, first {a[0]:.4g}, last {a[-1]:.4g}"
 
 
@@ -67,9 +71,18 @@ def _describe_gguf(path: Path) -> dict[str, Any]:
         value = field(reader, f"{arch}.{key}")
         if value is not None:
             info[key] = value
+    info["file_type"] = tensor_types(reader)
     for t in reader.tensors:
         if t.name in ROPE_TENSORS:
             info[t.name] = _summary(np.asarray(t.data, dtype=np.float64))
-    dpe = {k: f.contents() for k, f in reader.fields.items() if k.startswith("ropeconvert.")}
+    dpe = {k: field(reader, k) for k in reader.fields if k.startswith("ropeconvert.")}  # field(): damage is one line
     info.update({k: (v if not isinstance(v, list) or len(v) < 12 else f"{len(v)} values") for k, v in dpe.items()})
     return info
+
+
+def tensor_types(reader) -> str:
+    """The GGUF's tensor types by count, most common first, e.g. "Q4_1 (211), F32 (61)": what a re-extension keeps."""
+    from collections import Counter
+
+    counts = Counter(t.tensor_type.name for t in reader.tensors if t.name not in ROPE_TENSORS)
+    return ", ".join(f"{name} ({n})" for name, n in counts.most_common())

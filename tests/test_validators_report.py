@@ -37,7 +37,7 @@ def test_report_follows_schema(validated):
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)
     assert report["schema"] == "ropeconvert.report/1" and report["created"].endswith("Z")
-    assert report["export"] == str(out) and report["spec"]["method"] == "yarn"
+    assert report["export"] == out.name and report["spec"]["method"] == "yarn"
     assert report["corpus"] == {"name": "austen", "documents": ["emma", "mansfieldpark"]}
     assert set(report["runtime"]) >= {"device", "dtype", "torch", "transformers"}
     t = report["tasks"]
@@ -119,14 +119,21 @@ def test_checks_rules():
     ppl = {"lengths": [4, 8, 16], "base": [10.0, 11.0, 50.0], "extended": [10.5, 11.5, 20.0],
            "per_document": {"base": {}, "extended": {}}}
     got = {c["name"]: c["passed"] for c in R.checks({"ppl": ppl}, 8)}
-    assert got == {"ppl_finite": True, "ppl_extended_below_base": True, "ppl_short_context_kept": True}
+    assert got == {"ppl_finite": True, "ppl_extended_below_base": True, "ppl_short_context_kept": True,
+                   "extension_measured": True}
     worse = dict(ppl, extended=[10.5, 30.0, 60.0])
     got = {c["name"]: c["passed"] for c in R.checks({"ppl": worse}, 8)}
-    assert got == {"ppl_finite": True, "ppl_extended_below_base": False, "ppl_short_context_kept": False}
+    assert got == {"ppl_finite": True, "ppl_extended_below_base": False, "ppl_short_context_kept": False,
+                   "extension_measured": True}
+    short = {c["name"]: c for c in R.checks({"ppl": dict(ppl, lengths=[2, 4, 8])}, 8)}  # nothing past 8 measured
+    assert not short["extension_measured"]["passed"] and "the extension is untested" in short["extension_measured"]["detail"]
+    assert R.state({"passed": False, "checks": list(short.values())}) == "not validated for the extension"
+    bad_short = R.checks({"ppl": dict(worse, lengths=[2, 4, 8])}, 8)  # a failing check outranks the missing lengths
+    assert R.state({"passed": False, "checks": bad_short}) == "failed"
     nan = dict(ppl, extended=[10.5, 11.0, float("nan")])
     assert not {c["name"]: c["passed"] for c in R.checks({"ppl": nan}, 8)}["ppl_finite"]
     pk = {"lengths": [8, 16], "depths": [0.5], "trials": 1, "base": [[1.0], [0.0]], "extended": [[1.0], [1.0]]}
-    assert R.checks({"passkey": pk}, 8) == [{"name": "passkey_not_worse", "passed": True, "detail": "16: 100% vs base 0%"}]
+    assert R.checks({"passkey": pk}, 8)[0] == {"name": "passkey_not_worse", "passed": True, "detail": "16: 100% vs base 0%"}
     same = dict(pk, extended=[[1.0], [0.0]])
     assert not R.checks({"passkey": same}, 8)[0]["passed"]  # no gain past the original length is no evidence
     parity = {"ppl_hf": 10.0, "ppl_gguf": 10.2, "ratio": 1.02, "top1_agreement": 0.95, "tokens": 100}
@@ -140,7 +147,7 @@ def test_convert_with_validate_writes_report(tiny_llama, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["base"] == str(tiny_llama) and report["spec"]["method"] == "linear"
+    assert report["base"] == tiny_llama.name and report["spec"]["method"] == "linear"
     assert "validation of the HF export:" in proc.stdout
     assert set(report["tasks"]) == {"ppl", "passkey"}
 

@@ -6,9 +6,11 @@ reader never sees a half-written report.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import secrets
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ropeconvert.errors import InputError
+from ropeconvert.errors import InputError, OutputError
+from ropeconvert.validators.report_plots import _pyplot, figures  # noqa: F401  (figures: the report's plots)
 
 SCHEMA_ID = "ropeconvert.report/1"
 SHORT_CONTEXT_TOLERANCE = 1.5  # extended ppl within the original context may be at most this × the base's
@@ -48,6 +51,19 @@ def now() -> str:
 
 
 # ---- checks -----------------------------------------------------------------------------------------------------
+EXTENSION_CHECK = "extension_measured"
+
+
+def state(report: dict[str, Any]) -> str:
+    """passed, failed, or "not validated for the extension" (every check passed, but nothing was measured past the
+    original context): its own state, which publishing treats like a missing validation."""
+    checks = report.get("checks") or []
+    if any(c.get("name") == EXTENSION_CHECK and not c.get("passed") for c in checks) and \
+            all(c.get("passed") for c in checks if c.get("name") != EXTENSION_CHECK):
+        return "not validated for the extension"
+    return "passed" if report.get("passed") else "failed"
+
+
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
     return {"name": name, "passed": bool(passed), "detail": detail}
 
@@ -73,12 +89,22 @@ def checks(tasks: dict[str, Any], original: int | None) -> list[dict[str, Any]]:
             out.append(_check("ppl_short_context_kept", not worse, "; ".join(
                 f"{n}: {e:.3g} vs base {b:.3g} (limit ×{SHORT_CONTEXT_TOLERANCE:g})" for n, b, e in near)))
     if (t := tasks.get("passkey")) is not None:
-        rows = [(n, float(np.mean(b)), float(np.mean(e))) for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
+        rows = [(n, float(np.mean(b)), float(np.mean(e))) for n, b, e in zip(t["lengths"], t["base"], t["extended"])
+                if None not in b and None not in e]  # null: that side was not measured (its llama.cpp crashed)
         out += _not_worse("passkey_not_worse", [r for r in rows if r[0] > orig])
     if (t := tasks.get("niah")) is not None:
         rows = [(n, b, e) for n, b, e in zip(t["lengths"], t["base"], t["extended"]) if b is not None and e is not None]
         out += _not_worse("niah_not_worse", [r for r in rows if r[0] > orig])
-    if (p := tasks.get("parity")) is not None:
+    measured = sorted({n for t in tasks.values() if isinstance(t, dict) for n in t.get("lengths") or []})
+    if measured and orig:  # every measurement inside the trained length proves nothing about the extension
+        far = [n for n in measured if n > orig]
+        out.append(_check(EXTENSION_CHECK, bool(far), f"lengths past the original {orig}: {far}" if far else
+                          f"no length past the original context {orig} was measured ({measured}): the extension "
+                          f"is untested"))
+    if (p := tasks.get("parity")) is not None and p.get("ratio") is None:  # llama.cpp crashed: nothing to compare
+        why = f"not measured: {p.get('crashed') or 'no llama.cpp result'}"
+        out += [_check("parity_ppl_ratio", False, why), _check("parity_top1", False, why)]
+    elif p is not None:
         lo, hi = PARITY_RATIO
         out.append(_check("parity_ppl_ratio", lo <= p["ratio"] <= hi,
                           f"llama.cpp/transformers perplexity {p['ratio']:.4f} (allowed {lo}–{hi})"))
@@ -98,90 +124,6 @@ def _not_worse(name: str, rows: list[tuple[int, float, float]]) -> list[dict[str
     return [_check(name, not worse and gained, detail)]
 
 
-# ---- plots ------------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_ppl(t: dict[str, Any], original: int | None, target: int | None = None):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for key, style in (("base", "o--"), ("extended", "s-")):
-        xs = [n for n, v in zip(t["lengths"], t[key]) if v is not None]
-        ys = [v for v in t[key] if v is not None]
-        if ys:
-            ax.plot(xs, ys, style, label=key)
-    if original:
-        ax.axvline(original, color="grey", linestyle=":", label=f"original context ({original})")
-    if target:
-        ax.axvline(target, color="tab:green", linestyle="-.", alpha=0.6, label=f"target context ({target})")
-    finite = [v for k in ("base", "extended") for v in t[k] if v is not None and math.isfinite(v)]
-    if finite and max(finite) / max(min(finite), 1e-9) > 20:
-        ax.set_yscale("log")  # an unscaled model's blow-up would otherwise flatten the extended curve
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title("Perplexity vs length")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def plot_passkey(t: dict[str, Any], original: int | None):
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2 + 0.25 * len(t["lengths"])), dpi=110, sharey=True)
-    for ax, key in zip(axes, ("base", "extended")):
-        grid = np.asarray(t[key], dtype=float)
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(t["depths"])), [f"{d:g}" for d in t["depths"]])
-        ax.set_yticks(range(len(t["lengths"])), [str(n) for n in t["lengths"]])
-        ax.set_xlabel("passkey depth (fraction of the context)")
-        ax.set_title(f"{key} ({t['trials']} trial{'s' if t['trials'] != 1 else ''} per cell)")
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8)
-        if original:
-            # rows past the original context begin below this line
-            k = sum(n <= original for n in t["lengths"])
-            ax.axhline(k - 0.5, color="black", linewidth=2, label=f"original context ({original})")
-    axes[0].set_ylabel("context length (tokens)")
-    axes[1].legend(loc="upper right", fontsize=7)
-    fig.colorbar(im, ax=axes, label="accuracy")
-    return fig
-
-
-def plot_niah(t: dict[str, Any], original: int | None):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for key, style in (("base", "o--"), ("extended", "s-")):
-        ax.plot(t["lengths"], t[key], style, label=key)
-    if original:
-        ax.axvline(original, color="grey", linestyle=":", label=f"original context ({original})")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needles recalled (fraction of 4)")
-    ax.set_title("4-needle retrieval")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def figures(tasks: dict[str, Any], original: int | None, target: int | None) -> dict[str, Any]:
-    out = {}
-    if "ppl" in tasks:
-        out["ppl"] = plot_ppl(tasks["ppl"], original, target)
-    if "passkey" in tasks:
-        out["passkey"] = plot_passkey(tasks["passkey"], original)
-    if "niah" in tasks:
-        out["niah"] = plot_niah(tasks["niah"], original)
-    return out
-
-
 # ---- markdown ---------------------------------------------------------------------------------------------------
 def table_rows(tasks: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(task, length, base, extended) rows: the side-by-side table printed by the CLI and written to report.md."""
@@ -189,13 +131,15 @@ def table_rows(tasks: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if (t := tasks.get("ppl")) is not None:
         rows += [("perplexity", str(n), _f(b), _f(e)) for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
     if (t := tasks.get("passkey")) is not None:
-        rows += [("passkey", str(n), f"{np.mean(b):.0%}", f"{np.mean(e):.0%}")
+        rows += [("passkey", str(n), _pct(None if None in b else float(np.mean(b))),
+                  _pct(None if None in e else float(np.mean(e))))
                  for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
     if (t := tasks.get("niah")) is not None:
         rows += [("4-needle", str(n), _pct(b), _pct(e)) for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
     if (p := tasks.get("parity")) is not None:
         rows += [("parity ppl (HF | GGUF)", str(p["tokens"]), _f(p["ppl_hf"]), _f(p["ppl_gguf"])),
-                 ("parity top-1 agreement", str(p["tokens"]), "", f"{p['top1_agreement']:.1%}")]
+                 ("parity top-1 agreement", str(p["tokens"]), "",
+                  "—" if p["top1_agreement"] is None else f"{p['top1_agreement']:.1%}")]
     return rows
 
 
@@ -209,7 +153,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(report["tasks"])]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {c['name']} | {'pass' if c['passed'] else '**FAIL**'} | {c['detail']} |" for c in report["checks"]]
-    lines += ["", f"Overall: **{'passed' if report['passed'] else 'failed'}**."]
+    lines += ["", f"Overall: **{state(report)}**."]
     for name, file in report["plots"].items():
         lines += ["", f"![{name}]({file})"]
     return "\n".join(lines) + "\n"
@@ -230,18 +174,61 @@ def write(report: dict[str, Any], out_dir: Path, figs: dict[str, Any]) -> Path:
     report["tasks"] = _finite(report["tasks"])  # JSON has no NaN/inf: null, and the ppl_finite check says why
     report["checks"] = report.get("checks") or []
     report["passed"] = bool(report["checks"]) and all(c["passed"] for c in report["checks"])
+    report["state"] = state(report)
     check_schema(report)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
     plt = _pyplot()
-    for name, fig in figs.items():
-        tmp = out_dir / f".{name}.png.tmp"
-        fig.savefig(tmp, format="png")
-        plt.close(fig)
-        os.replace(tmp, out_dir / f"{name}.png")
-    _atomic_text(out_dir / "report.md", markdown(report))
-    _atomic_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    staged: list[tuple[Path, Path]] = []  # (temporary, final): every file is complete before any is renamed
+    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, fig in figs.items():
+            staged.append((out_dir / f".{name}.png.{tag}.tmp", out_dir / f"{name}.png"))
+            fig.savefig(staged[-1][0], format="png")
+        for name, text in (("report.md", markdown(report)),
+                           ("report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")):
+            staged.append((out_dir / f".{name}.{tag}.tmp", out_dir / name))
+            _write_file(staged[-1][0], text.encode("utf-8"))
+        for tmp, final in staged:  # report.json last, so its presence means complete
+            os.replace(tmp, final)
+    except OSError as e:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if created:
+            _remove_empty(out_dir)
+        raise _write_error(e, out_dir) from None
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
     return out_dir / "report.json"
+
+
+def check_writable(out_dir: Path) -> None:
+    """Refuse before any measuring when the report could not be written there."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"cannot write the validation report: {out_dir} exists and is not a directory",
+                          "move it away, then rerun validate")
+    where = out_dir if out_dir.exists() else out_dir.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the validation report into {where} (permission denied or read-only)",
+                          "make it writable, or validate a copy of the export in a writable place")
+
+
+def _write_error(e: OSError, out_dir: Path) -> OutputError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputError(f"ran out of space writing the validation report in {out_dir} (the previous report, if "
+                           "any, is unchanged)", "free some space, then rerun validate")
+    return OutputError(f"cannot write the validation report in {out_dir} ({e.strerror or type(e).__name__})",
+                       "make it writable, or validate a copy of the export in a writable place")
+
+
+def _remove_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _finite(value: Any) -> Any:
@@ -254,7 +241,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)

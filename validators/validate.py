@@ -7,6 +7,7 @@ extended model's tokenizer) and the same seeded passkey/needle prompts.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ropeconvert.errors import InputError, UnknownNameError
 from ropeconvert.registry import Registry
 from ropeconvert.validators import report as R
+from ropeconvert.validators.export_info import default_base, export_info
 
 TASKS: Registry[str] = Registry("validation task")
 for _name, _what in {"ppl": "sliding-window perplexity", "passkey": "landmark passkey retrieval",
@@ -59,38 +61,14 @@ class Options:
             if value < 1:
                 raise InputError(f"{label} must be ≥ 1, got {value}")
 
-
-def export_info(export: Path) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
-    """(kind, spec dict or None, provenance) of an HF export directory or a GGUF file."""
-    export = Path(export)
-    if export.is_dir():
-        if not (export / "config.json").is_file():
-            raise InputError(f"{export} has no config.json", "pass an export made by ropeconvert (HF directory or .gguf)")
-        manifest = export / "ropeconvert.json"
-        provenance = json.loads(manifest.read_text()) if manifest.is_file() else {}
-        spec = provenance.get("spec")
-        if spec is None:
-            from ropeconvert.formats.hf_config import spec_from_hf_config
-            from ropeconvert.formats.source import read_config
-
-            found = spec_from_hf_config(read_config(export))
-            spec = None if found is None else found.to_dict()
-        return "hf", spec, provenance
-    if export.is_file():
-        from ropeconvert.formats.gguf_read import open_gguf
-        from ropeconvert.formats.gguf_rope import spec_from_gguf
-
-        found = spec_from_gguf(open_gguf(export))
-        return "gguf", None if found is None else found.to_dict(), {}
-    raise InputError(f"export {export} does not exist", "pass the HF directory or .gguf file that ropeconvert wrote")
-
-
-def default_base(provenance: dict[str, Any]) -> str:
-    for key in ("source_path", "source"):
-        value = provenance.get(key)
-        if isinstance(value, str) and (key == "source" or Path(value).exists()):
-            return value
-    raise InputError("no base model given and the export does not record its source", "pass --base MODEL")
+    def check_limit(self, limit: int, what: str) -> None:
+        """Refuse any length past `limit` before anything is measured: the export promises nothing there, and a
+        50M-token prompt would only end in the tokenizer's panic."""
+        for label, values in (("--lengths", self.lengths), ("--passkey-lengths", self.passkey_lengths),
+                              ("--niah-lengths", self.niah_lengths)):
+            if values is not None and max(values) > limit:
+                raise InputError(f"{label} {max(values)} is longer than {what} ({limit} tokens)",
+                                 f"measure at most {limit} tokens, e.g. {label} {max(16, limit // 2)},{limit}")
 
 
 def _documents(opts: Options):
@@ -147,52 +125,86 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
     export = Path(export).expanduser().absolute()
     kind, spec, provenance = export_info(export)
     base = base or default_base(provenance)
+    from ropeconvert.formats.tensors import require_safetensors
+
+    for model in (export, base):  # pickle weights (and unparsable loader JSON) refused before any measuring
+        require_safetensors(model)
+    target = (spec or {}).get("target_context")
+    if target:
+        opts.check_limit(int(target), "the export's target context")
+    out_dir = R.report_dir_for(export)
+    previous = _previous(out_dir / "report.json")  # a report that cannot be read is refused now, not after measuring
+    R.check_writable(out_dir)
     corpus_name, docs = _documents(opts)
     ext = _open(export, kind, opts.device, opts.progress)
-    original = original_context(spec, ext)
-    target = (spec or {}).get("target_context")
-    base_lengths = opts.lengths or tuple(sorted({max(16, original // 2), original, target or 2 * original}))
-    lengths = {"ppl": base_lengths, "passkey": opts.passkey_lengths or base_lengths,
-               "niah": opts.niah_lengths or base_lengths}
-    # tokenise once, only as much of each document as the sweep can use, with the extended model's tokenizer
-    from ropeconvert.validators.corpus import token_ids
-    from ropeconvert.validators.perplexity import tokens_needed
+    try:
+        original = original_context(spec, ext)
+        if not target:  # an export without a spec: its own trained context bounds the default sweep (2× it)
+            opts.check_limit(2 * original, "twice the context the export was trained for (it records no target)")
+        base_lengths = opts.lengths or tuple(sorted({max(16, original // 2), original, target or 2 * original}))
+        lengths = {"ppl": base_lengths, "passkey": opts.passkey_lengths or base_lengths,
+                   "niah": opts.niah_lengths or base_lengths}
+        # tokenise once, only as much of each document as the sweep can use, with the extended model's tokenizer
+        from ropeconvert.validators.corpus import check_lengths, token_ids
+        from ropeconvert.validators.perplexity import tokens_needed
 
-    need = tokens_needed(list(lengths["ppl"]), opts.stride, opts.truncate, opts.max_windows)
-    doc_ids = token_ids(docs, ext.tokenizer, need if need < 1 << 40 else None,
-                        min(lengths["ppl"]) - 1 if "ppl" in opts.tasks else 0, opts.documents)
-    haystack = "\n\n".join(d.text for d in docs)
+        need = tokens_needed(list(lengths["ppl"]), opts.stride, opts.truncate, opts.max_windows)
+        doc_ids = token_ids(docs, ext.tokenizer, need if need < 1 << 40 else None,
+                            min(lengths["ppl"]) - 1 if "ppl" in opts.tasks else 0, opts.documents)
+        haystack = "\n\n".join(d.text for d in docs)
+        check_lengths(corpus_name, doc_ids, haystack, ext.tokenizer,
+                      ppl=lengths["ppl"] if "ppl" in opts.tasks else (),
+                      niah=lengths["niah"] if "niah" in opts.tasks else (), bos=ext.bos_id is not None)
+    except BaseException:
+        ext.close()
+        raise
     runtime_info = {**ext.describe(), "engine": ext.kind}
     bos = ext.bos_id is not None
     notes = list(opts.notes) + list(getattr(ext, "notes", []))
+    from ropeconvert.validators.gguf_runtime import CrashGuard
+
+    guard = CrashGuard()  # llama.cpp dying on one side: the other side still runs and is kept in the report
     try:
-        extended = _measure(ext, "extended", opts, lengths, doc_ids, haystack)
+        extended = guard.run("extended", ext, lambda: _measure(ext, "extended", opts, lengths, doc_ids, haystack))
     finally:
         ext.close()
     base_rt = _open(base, kind, opts.device, opts.progress)
     notes += [n for n in getattr(base_rt, "notes", []) if n not in notes]
     try:
-        based = _measure(base_rt, "base", opts, lengths, doc_ids, haystack)
+        based = guard.run("base", base_rt, lambda: _measure(base_rt, "base", opts, lengths, doc_ids, haystack))
     finally:
         base_rt.close()
+    based, extended, crash_notes = guard.fill(based, extended)
+    notes += crash_notes
     tasks = _tasks(based, extended, opts, bos)
-    out_dir = R.report_dir_for(export)
-    previous = _previous(out_dir / "report.json")
-    if previous.get("export") == str(export) and "parity" in previous.get("tasks", {}):
+    from ropeconvert.formats.source import public_name  # reports are published: no machine paths in them
+
+    if previous.get("export") in (str(export), export.name) and "parity" in previous.get("tasks", {}):
         tasks["parity"] = previous["tasks"]["parity"]  # a parity run on this same export stays in its report
-    report = {"schema": R.SCHEMA_ID, "created": R.now(), "export": str(export), "base": str(base), "spec": spec,
+    report = {"schema": R.SCHEMA_ID, "created": R.now(), "export": export.name, "base": public_name(base), "spec": spec,
               "runtime": _runtime_info(runtime_info), "corpus": {"name": corpus_name, "documents": list(doc_ids)},
               "tasks": tasks, "checks": R.checks(tasks, original), "original_context": original,
               "target_context": target, "notes": notes}
     path = R.write(report, out_dir, R.figures(tasks, original, target))
+    guard.reraise(path)  # a crash is still exit 2, now naming the report that kept the other side
     return json.loads(path.read_text()), path
 
 
 def _previous(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The report a previous validate left here (its parity result is carried over), or {}. One that cannot be
+    parsed is refused before anything is measured; one of another schema is only not carried over."""
+    from ropeconvert.formats.safe_io import check_depth, read_json
+
+    if not os.path.lexists(path):
         return {}
+    fix = f"delete {path} (validate writes a new one) or restore it"
+    data = read_json(path, "previous validation report", fix)
+    check_depth(data, f"previous validation report {path}", fix)
+    try:
+        R.check_schema(data)
+    except InputError:
+        return {}
+    return data
 
 
 def _runtime_info(info: dict[str, Any]) -> dict[str, Any]:

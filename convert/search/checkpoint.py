@@ -9,6 +9,7 @@ else would silently give a different search, so a difference is refused with the
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ropeconvert.errors import InputError
+from ropeconvert.errors import InputError, OutputError
+from ropeconvert.formats.safe_io import check_depth, parse_json, read_bytes
 
 FORMAT, VERSION = "ropeconvert-search-checkpoint", 1
 NAME = "checkpoint.json"
@@ -25,16 +27,26 @@ MAX_BYTES = 256 * 1024 * 1024  # thousands of evaluations are a few MB; refuse t
 
 
 def write_json(path: Path, data) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write to a temporary file beside `path`, then rename: a crash leaves the old file or the new, never half.
+    A full disk or an unwritable --out is one OutputError; the previous file (the last checkpoint) is kept."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, allow_nan=False)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            kept = " (the last complete checkpoint is kept)" if (path.parent / NAME).exists() else ""
+            raise OutputError(f"ran out of space writing {path}",
+                              f"free some space, then continue with --resume{kept}") from None
+        raise OutputError(f"cannot write {path} ({e.strerror or type(e).__name__})",
+                          "make --out writable, or choose another --out") from None
 
 
 def new(settings: dict) -> dict:
@@ -44,14 +56,15 @@ def new(settings: dict) -> dict:
 def load(path: Path, settings: dict) -> dict:
     """Read and check a checkpoint; refuse a corrupt one or one made with other settings (one-line errors)."""
     fix = f"delete {path} (or pass --force) to start the search over"
+    if not os.path.lexists(path):
+        raise InputError(f"no search checkpoint at {path}", "run without --resume to start a search there")
+    raw = read_bytes(path, "search checkpoint", MAX_BYTES)  # a regular file only, of a sane size
+    what = f"search checkpoint {path}"
     try:
-        if path.stat().st_size > MAX_BYTES:
-            raise InputError(f"search checkpoint {path} is {path.stat().st_size} bytes, not a checkpoint", fix)
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"no search checkpoint at {path}", "run without --resume to start a search there") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"search checkpoint {path} is corrupt (not valid JSON: {getattr(e, 'msg', e)})", fix) from None
+        data = parse_json(raw, what, fix)  # any depth or size of JSON is one InputError
+        check_depth(data, what, fix)
+    except InputError as e:
+        raise InputError(f"{what} is corrupt ({e.problem.removeprefix(what).strip().removeprefix('is ')})", fix) from None
     problem = _problem(data)
     if problem:
         raise InputError(f"search checkpoint {path} is corrupt ({problem})", fix)

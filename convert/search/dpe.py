@@ -116,8 +116,10 @@ def evaluations_needed(candidates: list[float], groups: int, fixed: float | None
 def search(o: DpeOptions) -> DpeResult:
     from ropeconvert.convert.pipeline import base_rope
     from ropeconvert.formats.source import hf_checkpoint, resolve
+    from ropeconvert.formats.tensors import require_safetensors
 
     source = resolve(o.model, progress=o.progress)
+    require_safetensors(source.path)  # pickle weights refused before the search writes anything
     try:
         base = base_rope(source, o.original_context)
     except UnsupportedError as e:
@@ -134,9 +136,15 @@ def search(o: DpeOptions) -> DpeResult:
 
 def _start_log(path: Path, settings: dict, resume: bool, force: bool) -> dict:
     if path.exists() and resume:
-        import json
+        from ropeconvert.convert.search.checkpoint import MAX_BYTES
+        from ropeconvert.formats.safe_io import check_depth, read_json
 
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fix = f"delete {path} (or pass --force) to start the search over"
+        data = read_json(path, "DPE search log", fix, MAX_BYTES)  # any depth or size of JSON: one InputError
+        check_depth(data, f"DPE search log {path}", fix)
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict) \
+                or not isinstance(data.get("evaluations"), list):
+            raise InputError(f"DPE search log {path} is corrupt (not a ropeconvert DPE search log)", fix)
         differ = sorted(k for k in settings if data.get("settings", {}).get(k) != settings[k])
         if differ:
             raise InputError(f"{path} was made with other settings ({', '.join(differ)})",

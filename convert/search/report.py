@@ -2,11 +2,14 @@
 evaluation) and search.png (best fitness vs evaluations, with the PI/NTK/YaRN lines evaluated in the same run)."""
 from __future__ import annotations
 
+import errno
 import math
+import os
 from pathlib import Path
 
 from ropeconvert.convert.search.checkpoint import write_json
 from ropeconvert.convert.search.evolution import best_record
+from ropeconvert.errors import OutputError
 
 FACTORS, LOG, PLOT = "factors.json", "search_log.json", "search.png"
 
@@ -99,8 +102,15 @@ def plot(out: Path, data: dict, meta: dict) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out / PLOT
-    tmp = path.with_name(".search.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = path.with_name(f".search.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    except OSError as e:  # a full disk: the checkpoint and the other files are complete, the plot is not written
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"ran out of space writing {path}" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                          else f"cannot write {path} ({e.strerror or type(e).__name__})",
+                          "free some space or make --out writable, then continue with --resume") from None
+    finally:
+        plt.close(fig)
     return path

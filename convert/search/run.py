@@ -82,10 +82,12 @@ def check_options(o: SearchOptions) -> Settings:
 def search(o: SearchOptions) -> SearchResult:
     from ropeconvert.convert.pipeline import base_rope
     from ropeconvert.formats.source import hf_checkpoint, resolve
+    from ropeconvert.formats.tensors import require_safetensors
     from ropeconvert.validators.runtime import pick_device
 
     settings = check_options(o)
     source = resolve(o.model, progress=o.progress)
+    require_safetensors(source.path)  # pickle weights refused before the search writes anything
     try:
         base = base_rope(source, o.original_context)
     except UnsupportedError as e:

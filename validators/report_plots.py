@@ -1,0 +1,90 @@
+"""The report's PNG plots: perplexity, passkey and 4-needle accuracy against length, base vs extended, with the
+original (and target) context marked."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ppl(t: dict[str, Any], original: int | None, target: int | None = None):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for key, style in (("base", "o--"), ("extended", "s-")):
+        xs = [n for n, v in zip(t["lengths"], t[key]) if v is not None]
+        ys = [v for v in t[key] if v is not None]
+        if ys:
+            ax.plot(xs, ys, style, label=key)
+    if original:
+        ax.axvline(original, color="grey", linestyle=":", label=f"original context ({original})")
+    if target:
+        ax.axvline(target, color="tab:green", linestyle="-.", alpha=0.6, label=f"target context ({target})")
+    finite = [v for k in ("base", "extended") for v in t[k] if v is not None and math.isfinite(v)]
+    if finite and max(finite) / max(min(finite), 1e-9) > 20:
+        ax.set_yscale("log")  # an unscaled model's blow-up would otherwise flatten the extended curve
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title("Perplexity vs length")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_passkey(t: dict[str, Any], original: int | None):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2 + 0.25 * len(t["lengths"])), dpi=110, sharey=True)
+    for ax, key in zip(axes, ("base", "extended")):
+        grid = np.asarray(t[key], dtype=float)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(t["depths"])), [f"{d:g}" for d in t["depths"]])
+        ax.set_yticks(range(len(t["lengths"])), [str(n) for n in t["lengths"]])
+        ax.set_xlabel("passkey depth (fraction of the context)")
+        ax.set_title(f"{key} ({t['trials']} trial{'s' if t['trials'] != 1 else ''} per cell)")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.0%}" if v == v else "—", ha="center", va="center", fontsize=8)  # NaN: not measured
+        if original:
+            # rows past the original context begin below this line
+            k = sum(n <= original for n in t["lengths"])
+            ax.axhline(k - 0.5, color="black", linewidth=2, label=f"original context ({original})")
+    axes[0].set_ylabel("context length (tokens)")
+    axes[1].legend(loc="upper right", fontsize=7)
+    fig.colorbar(im, ax=axes, label="accuracy")
+    return fig
+
+
+def plot_niah(t: dict[str, Any], original: int | None):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for key, style in (("base", "o--"), ("extended", "s-")):
+        ax.plot(t["lengths"], t[key], style, label=key)
+    if original:
+        ax.axvline(original, color="grey", linestyle=":", label=f"original context ({original})")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needles recalled (fraction of 4)")
+    ax.set_title("4-needle retrieval")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def figures(tasks: dict[str, Any], original: int | None, target: int | None) -> dict[str, Any]:
+    out = {}
+    if "ppl" in tasks:
+        out["ppl"] = plot_ppl(tasks["ppl"], original, target)
+    if "passkey" in tasks:
+        out["passkey"] = plot_passkey(tasks["passkey"], original)
+    if "niah" in tasks:
+        out["niah"] = plot_niah(tasks["niah"], original)
+    return out
