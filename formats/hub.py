@@ -4,14 +4,15 @@ Order matters: everything that can be refused locally (repo id, export, validati
 before the first request, so bad input uploads nothing. The remote tree is then compared with the local files (LFS
 sha256, or git blob sha1 for small files); identical files are left alone and an unchanged export makes no commit
 at all. Transient failures (5xx, 429, timeouts, dropped connections) retry the whole compare-and-commit step with a
-short capped backoff: comparing again first means a commit whose response was lost is not made twice. Large files
+short capped backoff: comparing again first means a commit whose response was lost is not made twice. Those are the
+only retries, bounded in total time (formats/hub_retry.py): a dead endpoint costs at most the retry budget (20 s,
+ROPECONVERT_HUB_RETRY_SECONDS), one note and one error line. Large files
 go through huggingface_hub's own LFS/Xet upload. The token is handed to huggingface_hub and to nothing else: it is
 never printed, logged, or written into the card, the plan or any file.
 """
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,13 +21,11 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from ropeconvert import __version__
 from ropeconvert.errors import InputError, RopeConvertError
-from ropeconvert.formats.hub_base import base_model_id, resolve_license, transport_errors
+from ropeconvert.formats.hub_base import HUB_ID, base_model_id, resolve_license, transport_errors
 from ropeconvert.formats.hub_export import CARD, Export, load_export
+from ropeconvert.formats.hub_retry import RetriesSpent, in_chain, with_retries
 from ropeconvert.formats.model_card import render_card
 
-TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
-ATTEMPTS = 4  # one try and three retries
-BACKOFF_S, BACKOFF_CAP_S = 0.5, 4.0
 KEEP_REMOTE = (".gitattributes",)  # the Hub's own file in every repo: never deleted
 
 
@@ -116,7 +115,7 @@ def preflight(repo_id: str, dry_run: bool = False, token: str | None = None) -> 
 
 def publish(export: Path, repo_id: str, *, private: bool = False, revision: str | None = None, dry_run: bool = False,
             skip_validation: bool = False, token: str | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None) -> PublishResult:
+            log: Callable[[str], None] | None = None, base_model: str | None = None) -> PublishResult:
     """Render the card and upload the export in one commit (or, with dry_run, only plan it and write the card)."""
     import huggingface_hub
     from huggingface_hub import HfApi, constants
@@ -128,14 +127,20 @@ def publish(export: Path, repo_id: str, *, private: bool = False, revision: str 
                          f"and the card then shows the failure",
                "missing": f"run `ropeconvert validate {exp.path}` first, or pass --skip-validation (the card then "
                           f"says it is not validated)",
-               "stale": f"re-run `ropeconvert validate {exp.path}`"}[exp.status]
+               "stale": f"re-run `ropeconvert validate {exp.path}`",
+               "unextended": f"validate at lengths past the original context (e.g. `ropeconvert validate {exp.path}` "
+                             f"with its default lengths), or pass --skip-validation (the card then says so)"}[exp.status]
         raise InputError(f"refusing to publish {exp.path}: {exp.status_detail}", fix)
     token = preflight(repo_id, dry_run, token)
     offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
     if not progress:
         huggingface_hub.utils.disable_progress_bars()
     api = HfApi(token=token)
-    base_id = base_model_id(exp.provenance.get("source"))
+    if base_model is not None and (not HUB_ID.match(base_model) or ".." in base_model):
+        raise InputError(f"--base-model {base_model!r} is not a Hub id", "pass ORG/NAME of the model this was made from")
+    recorded = exp.provenance.get("base_model")
+    base_id = base_model or (recorded if isinstance(recorded, str) and HUB_ID.match(recorded) else None) \
+        or base_model_id(exp.provenance.get("source"))
     license_fields, license_note = resolve_license(exp.provenance, base_id, online=not offline, api=api)
     card = render_card(exp, repo_id=repo_id, base_id=base_id, license_fields=license_fields, license_note=license_note)
     exp.card_path.write_text(card, encoding="utf-8")  # beside the export, so what is local is what is published
@@ -147,12 +152,15 @@ def publish(export: Path, repo_id: str, *, private: bool = False, revision: str 
     if dry_run:
         return result
     try:
-        return _with_retries(lambda: _push_once(api, exp, files, result, private, revision), log or (lambda m: None))
+        return with_retries(lambda: _push_once(api, exp, files, result, private, revision), log or (lambda m: None))
     except Exception as e:  # huggingface_hub wraps some failures (an LFS upload's RuntimeError): look at the causes
-        if (http := _in_chain(e, HfHubHTTPError)) is not None:
-            raise _hub_error(http, repo_id) from None
-        if (net := _in_chain(e, transport_errors())) is not None:
-            raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(net).__name__})",
+        tried = f" after {e}" if isinstance(e, RetriesSpent) else ""  # "after 8 tries in 20 s"
+        if (http := in_chain(e, HfHubHTTPError)) is not None:
+            error = _hub_error(http, repo_id)
+            error.problem += tried
+            raise error from None
+        if (net := in_chain(e, transport_errors())) is not None:
+            raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(net).__name__}){tried}",
                            "check the network (or HF_ENDPOINT) and run the same command again") from None
         raise
 
@@ -220,40 +228,6 @@ def _digest(path: Path, h) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _with_retries(step: Callable[[], PublishResult], log: Callable[[str], None]) -> PublishResult:
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return step()
-        except Exception as e:
-            why = _transient(e)
-            if why is None or attempt == ATTEMPTS:
-                raise
-            delay = min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_CAP_S)
-            log(f"{why}; retrying in {delay:g}s (retry {attempt} of {ATTEMPTS - 1})")
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _transient(e: BaseException) -> str | None:
-    """Why `e` is worth retrying (a 5xx/429/timeout anywhere in its cause chain), or None."""
-    http = _in_chain(e, HfHubHTTPError)
-    status = getattr(getattr(http, "response", None), "status_code", None)
-    if status in TRANSIENT_STATUS:
-        return f"the Hub answered {status}"
-    net = _in_chain(e, transport_errors())
-    return None if net is None else f"the connection failed ({type(net).__name__})"
-
-
-def _in_chain(e: BaseException | None, kind) -> BaseException | None:
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, kind):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def _hub_error(e, repo_id: str) -> HubError:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -100,14 +103,67 @@ def test_a_commit_whose_reply_was_lost_is_not_made_twice(stub, tmp_path, hf_expo
     assert "reply was lost" in proc.stdout and f"committed {len(local_files(hf_export))} file(s)" in proc.stdout
 
 
+def bounded_failure(proc, budget: float, wall: float, *needles: str) -> int:
+    """A publish that gave up: exit 2, one note and one error line (no huggingface_hub warnings), the retries
+    within the budget; returns the number of tries the error line reports."""
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert lines[0].startswith("note: ") and "retrying for up to" in lines[0], lines
+    assert lines[1].startswith("error: ") and all(n in lines[1] for n in needles), lines
+    tries, seconds = re.search(r" after (\d+) tries in (\d+) s — ", lines[1]).groups()
+    assert int(tries) >= 2 and int(seconds) <= budget
+    assert wall < budget + 60  # the retries plus the CLI's imports; it was 98 s before the budget
+    return int(tries)
+
+
 def test_persistent_5xx_is_one_line(stub, tmp_path, hf_export):
     stub.fail("POST", r"/commit/main$", 503, times=100)
-    proc = publish(stub, tmp_path, hf_export, "--quiet")
-    proc_stderr = "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("note: "))
-    assert proc.returncode == 2 and len(proc_stderr.splitlines()) == 1, proc.stderr
-    assert proc_stderr.startswith("error: the Hub refused the upload to acme/tiny-llama-yarn-512 (503")
-    assert len([r for r in stub.requests if r.path.endswith("/commit/main")]) == 4  # one try, three retries
+    start = time.monotonic()
+    proc = publish(stub, tmp_path, hf_export, "--quiet", ROPECONVERT_HUB_RETRY_SECONDS="3")
+    tries = bounded_failure(proc, 3, time.monotonic() - start,
+                            "error: the Hub refused the upload to acme/tiny-llama-yarn-512 (503")
+    assert len([r for r in stub.requests if r.path.endswith("/commit/main")]) == tries  # no hidden inner retries
     assert stub.commits == []
+
+
+def test_an_endpoint_that_answers_503_to_everything_gives_up_within_the_budget(stub, tmp_path, hf_export):
+    for method in ("GET", "POST", "PUT", "HEAD"):
+        stub.fail(method, r".", 503, times=10 ** 6)
+    start = time.monotonic()
+    proc = publish(stub, tmp_path, hf_export, "-q", ROPECONVERT_HUB_RETRY_SECONDS="4")
+    tries = bounded_failure(proc, 4, time.monotonic() - start, "the Hub refused the upload to", "(503")
+    assert len([r for r in stub.requests if "/tree/" in r.path]) == tries and stub.commits == []
+
+
+def test_an_endpoint_that_refuses_connections_gives_up_within_the_budget(tmp_path, hf_export):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**hub_env(type("Dead", (), {"url": f"http://127.0.0.1:{port}"}), tmp_path), "ROPECONVERT_HUB_RETRY_SECONDS": "3"}
+    start = time.monotonic()
+    proc = run_cli("publish", hf_export, "--repo", REPO, "-q", env=env)
+    bounded_failure(proc, 3, time.monotonic() - start, f"cannot reach the Hub at http://127.0.0.1:{port} (ConnectError)",
+                    "check the network")
+
+
+def test_the_retry_budget_and_the_library_settings(monkeypatch):
+    from huggingface_hub.utils import _http, logging as hf_logging
+
+    from ropeconvert.formats import hub_retry as hub
+
+    monkeypatch.delenv(hub.RETRY_ENV, raising=False)
+    assert hub.retry_budget() == hub.RETRY_BUDGET_S == 20
+    monkeypatch.setenv(hub.RETRY_ENV, "0")
+    assert hub.retry_budget() == 0
+    for bad in ("soon", "-1", "inf", "nan"):
+        monkeypatch.setenv(hub.RETRY_ENV, bad)
+        with pytest.raises(hub.InputError, match="ROPECONVERT_HUB_RETRY_SECONDS"):
+            hub.retry_budget()
+    before, level = dict(_http.http_backoff.__kwdefaults__), hf_logging.get_logger().level
+    with hub.quiet_hub():  # huggingface_hub's own retries and warnings off while publishing…
+        assert _http.http_backoff.__kwdefaults__["max_retries"] == 0
+        assert hf_logging.get_logger().getEffectiveLevel() == hf_logging.ERROR
+    assert _http.http_backoff.__kwdefaults__ == before and hf_logging.get_logger().level == level  # …then restored
 
 
 @pytest.mark.parametrize("case", ["missing token", "invalid repo id", "no slash", "no report", "offline"])

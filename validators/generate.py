@@ -24,7 +24,8 @@ def greedy(model: nn.Module, input_ids: list[int], max_new_tokens: int, eos_ids:
         if step + 1 == max_new_tokens:
             break
         nxt = torch.tensor([[token]], dtype=torch.long, device=device)
-        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        key = "cache" if "cache" in out else "past_key_values"  # transformers ≥ 5.24 renamed it (and warns on the old)
+        out = model(input_ids=nxt, use_cache=True, **{key: out[key]})
     return new
 
 

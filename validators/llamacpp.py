@@ -1,30 +1,39 @@
-"""A GGUF run by the real llama.cpp runtime (llama-cpp-python's C API): per-token NLL and top-1 predictions.
+"""A GGUF run by the real llama.cpp runtime (llama-cpp-python's C API), always in a child process.
 
-The model is loaded exactly as a user would load it: CPU, default rope parameters (scaling type, freq base/scale,
-YaRN factors all "from the model"), so whatever extension llama.cpp applies comes from the file alone. Only the
-context size, batch size and thread count are chosen here. Logits are read back one decoded chunk at a time and
-reduced to log-probabilities right away, so memory stays O(chunk × vocab), never O(tokens × vocab).
+`LlamaCpp(path)` starts one worker (validators/llamacpp_child.py) that loads the file once and answers every
+evaluation made on it — per-token NLL and top-1 (`eval`), greedy continuations, tokenization — until `close()`.
+This process never loads libllama: llama-cpp-python 0.3.36 built natively (-march=native) on an AVX-512/AMX Xeon
+segfaults evaluating quantized GGUFs, and here that is a `LlamaCppCrash` (one line naming the runtime, the file and
+the known issue) instead of the end of the run; callers keep what the other runtime measured.
 
-llama.cpp picks LongRoPE long vs short factors from the allocated context per sequence (n_ctx, padded to 256)
-against the original length, not from the number of tokens; `n_ctx` therefore matters for longrope exports.
+The model is loaded as a user would load it: CPU, every rope parameter "from the model"; only the context size,
+batch size and thread count are chosen. llama.cpp picks LongRoPE long vs short factors from the allocated context
+(n_ctx, padded to 256) against the original length, not from the number of tokens; `n_ctx` therefore matters for
+longrope exports.
 """
 from __future__ import annotations
 
-import ctypes
+import importlib.util
+import json
 import os
-import threading
-from contextlib import contextmanager
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.errors import InputError, OutputError, UnsupportedError
 
-CHUNK = 256  # tokens per llama_decode call; logits of one chunk are (CHUNK × vocab) float32
-_LOG_LOCK = threading.Lock()
-_log_lines: list[str] = []
+WORKER = "ropeconvert.validators.llamacpp_child"
+KNOWN_ISSUE = ("a natively built llama-cpp-python segfaults on quantized GGUFs on AVX-512/AMX CPUs; rebuild it with "
+               "the portable flags (README, Known issues)")
+_DOING = {"info": "loading", "tokenize": "tokenizing with", "detokenize": "decoding with"}
 
 
 @dataclass(frozen=True)
@@ -44,137 +53,160 @@ class GgufInfo:
     n_ctx_train: int
     n_vocab: int
     rope_freq_scale_train: float
+    bos: int | None
+    eos: int
+    version: str  # llama-cpp-python's, as the worker imported it
+
+
+class LlamaCppCrash(UnsupportedError):
+    """The llama.cpp worker died: killed by a signal, or gone without answering."""
+
+    def __init__(self, path: Path, how: str, doing: str):
+        super().__init__(f"llama.cpp crashed ({how}) {doing} {Path(path).name}", KNOWN_ISSUE)
+        self.how = how
+
+    def kept(self, report: Path, what: str = "the transformers results") -> "LlamaCppCrash":
+        """The same crash, now also saying where the results that survived it were written."""
+        self.fix = f"{KNOWN_ISSUE} — {what} are kept in {report}"
+        return self
+
+
+class LlamaCpp:
+    """One GGUF, loaded once by one llama.cpp worker process for as long as this is open."""
+
+    def __init__(self, path: Path, threads: int | None = None, vocab_only: bool = False):
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise UnsupportedError("llama-cpp-python is not installed", "pip install 'ropeconvert[llamacpp]'")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path} does not exist", "pass a .gguf file")
+        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        try:
+            self._scratch = Path(tempfile.mkdtemp(prefix="ropeconvert-llamacpp-"))
+        except OSError as e:
+            raise OutputError(f"cannot make a scratch directory for llama.cpp ({e.strerror})",
+                              "free some space in the temporary directory or set TMPDIR") from None
+        debug = bool(os.environ.get("ROPECONVERT_DEBUG"))  # then the worker's own output (a crash trace) shows
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", WORKER, str(self.path.absolute()), str(self._scratch), str(threads),
+             *(["--vocab-only"] if vocab_only else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if debug else subprocess.DEVNULL,
+            text=True, encoding="ascii")  # the requests and answers are ASCII JSON lines
+        self._busy = [False]  # a request in flight: closing then (an interrupt) kills the worker at once
+        self._stop = weakref.finalize(self, _stop, self._proc, self._scratch, self._busy)  # also at GC / exit
+        self._crash: LlamaCppCrash | None = None
+        self._info: GgufInfo | None = None
+
+    def info(self) -> GgufInfo:
+        if self._info is None:
+            self._info = GgufInfo(**self._ask("info"))
+        return self._info
+
+    def eval(self, token_ids: Sequence[int], n_ctx: int | None = None) -> GgufEval:
+        """Run `token_ids` in one sequence and score every next token."""
+        ids = [int(t) for t in token_ids]
+        if len(ids) < 2:
+            raise InputError("a llama.cpp evaluation needs at least two token ids")
+        n_ctx = int(n_ctx or len(ids))
+        if n_ctx < len(ids):
+            raise InputError(f"{len(ids)} tokens do not fit in n_ctx={n_ctx}", "raise n_ctx")
+        answer = self._ask("eval", ids=ids, n_ctx=n_ctx)
+        nll, top1 = (np.load(self._scratch / f"{name}.npy", allow_pickle=False) for name in ("nll", "top1"))
+        return GgufEval(nll, top1, answer["n_ctx_train"], answer["n_ctx"])
+
+    def greedy(self, token_ids: Sequence[int], max_new_tokens: int, n_ctx: int) -> list[int]:
+        return self._ask("greedy", ids=[int(t) for t in token_ids], max_new_tokens=int(max_new_tokens), n_ctx=n_ctx)
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self._ask("tokenize", text=text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, token_ids: Sequence[int], special: bool = False) -> str:
+        return self._ask("detokenize", ids=[int(t) for t in token_ids], special=special)
+
+    def close(self) -> None:
+        self._stop()
+
+    def __enter__(self) -> "LlamaCpp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ask(self, op: str, **args):
+        if self._crash is not None:  # a dead worker stays dead: the same line for every later request
+            raise self._crash
+        if not self._stop.alive:
+            raise RuntimeError(f"llama.cpp worker for {self.path.name} used after close()")
+        self._busy[0] = True
+        try:
+            self._proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        self._busy[0] = False
+        if not line:
+            raise self._died(op)
+        answer = json.loads(line)
+        if "ok" in answer:
+            return answer["ok"]
+        if "error" in answer:
+            raise {"InputError": InputError}.get(answer["kind"], UnsupportedError)(answer["error"], answer.get("hint"))
+        raise RuntimeError(f"llama.cpp worker failed on {op}: {answer.get('bug')}")
+
+    def _died(self, op: str) -> LlamaCppCrash:
+        try:
+            code = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # closed its pipe but lingers: not a worker we can talk to any more
+            self._proc.kill()
+            code = self._proc.wait()
+        how = (signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}") if code < 0 \
+            else f"exit {code} without an answer"
+        self._crash = LlamaCppCrash(self.path, how, _DOING.get(op, "evaluating"))
+        self.close()
+        return self._crash
+
+
+def _stop(proc: subprocess.Popen, scratch: Path, busy: list[bool]) -> None:
+    """End the worker (EOF on its stdin lets it free the model; killed if it does not go, or at once if it is in the
+    middle of a request: Ctrl-C or SIGTERM in this process) and drop its scratch."""
+    try:
+        if busy[0] and proc.poll() is None:
+            proc.kill()
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def gguf_eval(path: Path, token_ids: Sequence[int], n_ctx: int | None = None, n_threads: int | None = None) -> GgufEval:
-    """Run `token_ids` through llama.cpp in one sequence and score every next token."""
-    ids = np.asarray(token_ids, dtype=np.int64)
-    if ids.ndim != 1 or ids.size < 2:
-        raise InputError("gguf_eval needs at least two token ids")
-    n_ctx = int(n_ctx or ids.size)
-    if n_ctx < ids.size:
-        raise InputError(f"{ids.size} tokens do not fit in n_ctx={n_ctx}", "raise n_ctx")
-    with _loaded(path, n_ctx, n_threads) as (lib, model, ctx):
-        n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
-        if ids.max() >= n_vocab or ids.min() < 0:
-            raise InputError(f"token id {int(ids.max())} is outside the GGUF vocabulary of {n_vocab}",
-                             "tokenize with the model's own tokenizer")
-        nll = np.empty(ids.size - 1, dtype=np.float64)
-        top1 = np.empty(ids.size - 1, dtype=np.int64)
-        batch = lib.llama_batch_init(CHUNK, 0, 1)
-        try:
-            for start in range(0, ids.size - 1, CHUNK):  # the last token is never a context for a prediction
-                chunk = ids[start:min(start + CHUNK, ids.size - 1)]
-                for j, tok in enumerate(chunk):
-                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = int(tok), start + j, 1
-                    batch.seq_id[j][0], batch.logits[j] = 0, 1
-                batch.n_tokens = len(chunk)
-                rc = lib.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise UnsupportedError(f"llama.cpp could not decode {path.name} (llama_decode returned {rc})")
-                logits = np.ctypeslib.as_array(lib.llama_get_logits(ctx), shape=(len(chunk), n_vocab))
-                _score(logits, ids[start + 1:start + 1 + len(chunk)], nll[start:], top1[start:])
-        finally:
-            lib.llama_batch_free(batch)
-        return GgufEval(nll, top1, int(lib.llama_model_n_ctx_train(model)), int(lib.llama_n_ctx(ctx)))
+    """Run `token_ids` through llama.cpp in one sequence and score every next token (one worker, one load)."""
+    with LlamaCpp(path, n_threads) as llm:
+        return llm.eval(token_ids, n_ctx)
 
 
-def gguf_info(path: Path, n_ctx: int = 256) -> GgufInfo:
+def gguf_info(path: Path) -> GgufInfo:
     """Load a GGUF with default parameters and a small context; what llama.cpp then reports about it."""
-    with _loaded(path, n_ctx, None) as (lib, model, ctx):
-        return GgufInfo(int(lib.llama_model_n_ctx_train(model)),
-                        int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))),
-                        float(lib.llama_model_rope_freq_scale_train(model)))
+    with LlamaCpp(path) as llm:
+        return llm.info()
 
 
 def gguf_tokenize(path: Path, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
     """Token ids llama.cpp's own tokenizer gives for `text` (vocabulary only, no weights loaded)."""
-    lib = _lib()
-    mparams = lib.llama_model_default_params()
-    mparams.vocab_only = True
-    with _LOG_LOCK:
-        _log_lines.clear()
-        model = lib.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise InputError(f"llama.cpp cannot load {Path(path).name}: {_last_error()}", "re-export the file")
-    try:
-        data = text.encode("utf-8")
-        room = len(data) + 16
-        out = (lib.llama_token * room)()
-        n = lib.llama_tokenize(lib.llama_model_get_vocab(model), data, len(data), out, room, add_special, parse_special)
-        if n < 0:
-            raise InputError(f"llama.cpp could not tokenize the text ({n})")
-        return list(out[:n])
-    finally:
-        lib.llama_model_free(model)
+    with LlamaCpp(path, vocab_only=True) as llm:
+        return llm.tokenize(text, add_special, parse_special)
 
 
 def n_ctx_train(path: Path) -> int:
     """llama.cpp's trained context for a GGUF (read after a context is created, as llama.cpp may re-adjust it)."""
     return gguf_info(path).n_ctx_train
-
-
-def _score(logits: np.ndarray, targets: np.ndarray, nll_out: np.ndarray, top_out: np.ndarray, rows: int = 32) -> None:
-    """Log-softmax in float64, a few rows at a time (a float64 copy of all rows would be CHUNK × vocab × 8 bytes)."""
-    for r in range(0, logits.shape[0], rows):
-        x = logits[r:r + rows].astype(np.float64)
-        m = x.max(axis=1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(x - m).sum(axis=1)))
-        t = targets[r:r + rows]
-        nll_out[r:r + len(t)] = lse - x[np.arange(len(t)), t]
-        top_out[r:r + len(t)] = x.argmax(axis=1)
-
-
-@contextmanager
-def _loaded(path: Path, n_ctx: int, n_threads: int | None) -> Iterator[tuple[object, object, object]]:
-    lib = _lib()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist", "pass a .gguf file")
-    mparams = lib.llama_model_default_params()
-    mparams.n_gpu_layers = 0
-    with _LOG_LOCK:
-        _log_lines.clear()
-        model = lib.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise InputError(f"llama.cpp cannot load {path.name}: {_last_error()}", "re-export the file")
-        try:
-            cparams = lib.llama_context_default_params()
-            threads = n_threads or max(1, min(4, os.cpu_count() or 1))
-            cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, CHUNK, CHUNK
-            cparams.n_threads = cparams.n_threads_batch = threads
-            ctx = lib.llama_init_from_model(model, cparams)
-            if not ctx:
-                raise InputError(f"llama.cpp cannot create a context for {path.name}: {_last_error()}", "re-export the file")
-        except BaseException:
-            lib.llama_model_free(model)
-            raise
-    try:
-        yield lib, model, ctx
-    finally:
-        lib.llama_free(ctx)
-        lib.llama_model_free(model)
-
-
-def _lib():
-    try:
-        import llama_cpp
-    except ImportError:
-        raise UnsupportedError("llama-cpp-python is not installed", "pip install 'ropeconvert[llamacpp]'") from None
-    if not getattr(_lib, "ready", False):
-        llama_cpp.llama_backend_init()
-        _lib.callback = llama_cpp.llama_log_callback(_collect_log)  # keep a reference: C holds the pointer
-        llama_cpp.llama_log_set(_lib.callback, ctypes.c_void_p(0))
-        _lib.ready = True
-    return llama_cpp
-
-
-def _collect_log(level: int, text: bytes, user_data) -> None:
-    """Keep llama.cpp quiet; remember errors (level 3) so a failed load can say why."""
-    if level == 3 and len(_log_lines) < 50:
-        _log_lines.append(text.decode("utf-8", "replace").strip())
-
-
-def _last_error() -> str:
-    lines = [line for line in _log_lines if line]
-    return lines[-1][:200] if lines else "no reason given"

@@ -4,6 +4,10 @@ Both score every next token of one sequence ([BOS] + corpus text) in a single wi
 of each, their ratio (GGUF / HF), top-1 agreement and the largest per-token NLL difference. By default the sequence
 runs 1024 tokens past the original context (capped at the target), where a rope written wrongly for one runtime
 shows up. The result is merged into the GGUF's report (`<name>.report/report.json`), so the model card shows it.
+
+transformers runs first. When llama.cpp then crashes (validators/llamacpp.py runs it in a child process), the
+transformers half is still written — the GGUF's numbers null and `crashed` saying why — before the crash is
+raised as the one-line error (exit 2) naming that report.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from ropeconvert.validators import report as R
 PAST_ORIGINAL = 1024
 
 
-def measure(hf_dir: Path, gguf: Path, ids: list[int], device: str | None = None) -> dict[str, Any]:
+def measure(hf_dir: Path, gguf: Path, ids: list[int], device: str | None = None):
+    """(parity dict, None), or (the transformers half with the llama.cpp half null, the LlamaCppCrash)."""
     from ropeconvert.validators import llamacpp, runtime
     from ropeconvert.validators.perplexity import token_nll
 
@@ -28,12 +33,18 @@ def measure(hf_dir: Path, gguf: Path, ids: list[int], device: str | None = None)
         nll_hf, top_hf = token_nll(rt.model, ids, want_top1=True)
     finally:
         rt.close()
-    result = llamacpp.gguf_eval(Path(gguf), ids)
+    ppl_hf = float(np.exp(nll_hf.mean()))
+    names = {"hf": Path(hf_dir).name, "gguf": Path(gguf).name}  # reports are published: no machine paths
+    try:
+        result = llamacpp.gguf_eval(Path(gguf), ids)
+    except llamacpp.LlamaCppCrash as crash:
+        return {"ppl_hf": ppl_hf, "ppl_gguf": None, "ratio": None, "top1_agreement": None, "tokens": len(ids),
+                "max_abs_nll_diff": None, **names, "crashed": crash.problem}, crash
     nll_gg, top_gg = result.nll, result.top1
-    ppl_hf, ppl_gg = float(np.exp(nll_hf.mean())), float(np.exp(nll_gg.mean()))
+    ppl_gg = float(np.exp(nll_gg.mean()))
     return {"ppl_hf": ppl_hf, "ppl_gguf": ppl_gg, "ratio": ppl_gg / ppl_hf,
             "top1_agreement": float((top_hf == top_gg).mean()), "tokens": len(ids),
-            "max_abs_nll_diff": float(np.abs(nll_hf - nll_gg).max()), "hf": str(hf_dir), "gguf": str(gguf)}
+            "max_abs_nll_diff": float(np.abs(nll_hf - nll_gg).max()), **names}, None
 
 
 def parity(hf_dir: Path, gguf: Path, *, tokens: int | None = None, corpus: str = "austen",
@@ -42,7 +53,7 @@ def parity(hf_dir: Path, gguf: Path, *, tokens: int | None = None, corpus: str =
     from transformers import AutoTokenizer
 
     from ropeconvert.validators import corpus as C
-    from ropeconvert.validators.validate import export_info
+    from ropeconvert.validators.export_info import export_info
 
     hf_dir, gguf = Path(hf_dir).expanduser().absolute(), Path(gguf).expanduser().absolute()
     kind_hf, spec_hf, _ = export_info(hf_dir)
@@ -64,8 +75,11 @@ def parity(hf_dir: Path, gguf: Path, *, tokens: int | None = None, corpus: str =
     ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
     if len(ids) < tokens:
         raise InputError(f"the {corpus} corpus has only {len(ids)} tokens in its longest document", "lower --tokens")
-    result = measure(hf_dir, gguf, ids, device)
-    return result, _merge(gguf, spec_gg, result, corpus, doc.name, device)
+    result, crash = measure(hf_dir, gguf, ids, device)
+    path = _merge(gguf, spec_gg, result, corpus, doc.name, device)
+    if crash is not None:
+        raise crash.kept(path, "the transformers results (HF perplexity)")
+    return result, path
 
 
 def _merge(gguf: Path, spec: dict[str, Any] | None, result: dict[str, Any], corpus: str, doc: str,
@@ -80,7 +94,7 @@ def _merge(gguf: Path, spec: dict[str, Any] | None, result: dict[str, Any], corp
         R.check_schema(report)
     else:
         dev, dtype = pick_device(device)
-        report = {"schema": R.SCHEMA_ID, "export": str(gguf), "base": None, "spec": spec,
+        report = {"schema": R.SCHEMA_ID, "export": gguf.name, "base": None, "spec": spec,
                   "runtime": _runtime_info({"device": str(dev), "dtype": str(dtype).replace("torch.", ""),
                                             "engine": "llama.cpp"}),
                   "corpus": {"name": corpus, "documents": [doc]}, "tasks": {}, "checks": []}

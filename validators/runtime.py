@@ -177,15 +177,21 @@ def load(model: str | Path, spec: RopeSpec | None = None, *, device: str | None 
     """Load an HF export (or any source `resolve` knows: alias, Hub id, HF dir, GGUF dequantized) in stock
     transformers; with `spec`, swap that rope in afterwards (base + spec without writing an export)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()  # --quiet: its "Loading
+    # weights" bar too, so an error after the load is still the only line
 
     from ropeconvert.formats.hf_config import base_rope_from_config, spec_from_hf_config
     from ropeconvert.formats.source import hf_checkpoint, resolve
+    from ropeconvert.formats.tensors import require_safetensors
 
     path = hf_checkpoint(resolve(str(model), progress=progress), progress=progress)
     dev, dtype = pick_device(device)
     notes: list[str] = []
     try:
         config = _read_config(path)
+        require_safetensors(path)  # before any library sees the directory: .bin/.pt pickles never reach torch.load
         base = base_rope_from_config(config, original_context)
         own_spec = spec_from_hf_config(config, original_context)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -198,7 +204,8 @@ def load(model: str | Path, spec: RopeSpec | None = None, *, device: str | None 
             from ropeconvert.validators.dpe_register import ATTN_NAME as attn
         else:
             attn = "sdpa"
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+                                                        use_safetensors=True, **kwargs)
     except OSError as e:
         raise InputError(f"cannot load {path} in transformers ({' '.join(str(e).split())[:160]})",
                          "pass an HF model directory with config.json, tokenizer and safetensors weights") from None
