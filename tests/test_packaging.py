@@ -15,7 +15,8 @@ def test_wheel_installs_in_fresh_venv_and_runs(tmp_path):
     wheel = next((tmp_path / "dist").glob("ropeconvert-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("ropeconvert/cli.py", "ropeconvert/convert/spec.py", "ropeconvert/convert/methods/yarn.py",
-                   "ropeconvert/formats/hf.py", "ropeconvert/formats/gguf_read.py", "ropeconvert/validators/corpus.py"):
+                   "ropeconvert/formats/hf.py", "ropeconvert/formats/gguf_read.py", "ropeconvert/validators/corpus.py",
+                   "ropeconvert/validators/corpora_fetch.py", "ropeconvert/validators/ruler/tasks.py"):
         assert module in names, module
     # generic top-level names must never be installed (`validators` is another PyPI project)
     assert not any(n.split("/")[0] in ("convert", "formats", "validators", "tests", "bench") for n in names)
