@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from tqdm import tqdm
 from ropeconvert import __version__
 from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.formats.hf_config import hf_config_for
-from ropeconvert.formats.manifest import MANIFEST_FILE, copy_and_hash, file_entries
+from ropeconvert.formats.manifest import MANIFEST_FILE, copy_and_hash, copy_file, file_entries
 from ropeconvert.formats.output import atomic_output
 from ropeconvert.formats.source import read_config
 from ropeconvert.formats.tensors import index_weights
@@ -48,12 +47,12 @@ def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = F
     new_config, notes = export_config(spec, config)
     weights = index_weights(src_dir)  # validates every header before anything is written
     to_copy = list(weights.files) + ([weights.index_file] if weights.index_file else [])
-    with atomic_output(out, force=force, directory=True) as tmp:
+    with atomic_output(out, force=force, directory=True, sources=(src_dir,)) as tmp:
         hashes = _place_weights(to_copy, tmp, link=link, progress=progress)
         for name in CARRIED_FILES:
-            if (src_dir / name).is_file():
-                shutil.copyfile(src_dir / name, tmp / name)
-        _extend_tokenizer_length(tmp / "tokenizer_config.json", spec)
+            if os.path.lexists(src_dir / name):  # a FIFO or a directory of that name is refused, never skipped
+                copy_file(src_dir / name, tmp / name)
+        _extend_tokenizer_length(src_dir / "tokenizer_config.json", tmp / "tokenizer_config.json", spec)
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
         if spec.position_map is not None:  # DPE / Self-Extend: the index map beside config.json
             from ropeconvert.formats.dpe_format import hf_files
@@ -63,7 +62,7 @@ def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = F
             (tmp / name).write_bytes(data)
         # the manifest: provenance, the spec, and sha256 per file (`ropeconvert verify` re-checks it)
         record = {"ropeconvert_version": __version__, "spec": spec.to_dict(), "notes": notes,
-                  "linked_weights": link and all(h is None for h in hashes.values()), "source_path": str(src_dir),
+                  "linked_weights": link and all(h is None for h in hashes.values()),
                   **(provenance or {}), "weights": sorted(hashes), "files": file_entries(tmp, hashes)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out).expanduser().absolute(), notes
@@ -86,14 +85,14 @@ def _place_weights(files: list[Path], tmp: Path, *, link: bool, progress: bool) 
     return {f.name: digest for f, digest in zip(files, digests)}
 
 
-def _extend_tokenizer_length(path: Path, spec: RopeSpec) -> None:
-    """A tokenizer that caps inputs at the original length would hide the extension (vLLM reads it too)."""
+def _extend_tokenizer_length(src: Path, path: Path, spec: RopeSpec) -> None:
+    """A tokenizer that caps inputs at the original length would hide the extension (vLLM reads it too). The
+    source's copy is parsed (and named in errors): one that does not parse would fail in every loader, so refuse it."""
     if not path.is_file():
         return
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return  # carried as is; the tokenizer's own loader will report it
+    from ropeconvert.formats.safe_io import read_json
+
+    cfg = read_json(src, "tokenizer config", "fix or re-download tokenizer_config.json")
     if isinstance(cfg, dict) and cfg.get("model_max_length") == spec.original_context:
         cfg["model_max_length"] = spec.target_context
         path.write_text(json.dumps(cfg, indent=2) + "\n")

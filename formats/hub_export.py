@@ -7,15 +7,16 @@ export nobody has shown to work.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ropeconvert.errors import InputError
+from ropeconvert.formats.config_check import show
 from ropeconvert.formats.gguf_read import ROPE_TENSORS, field as gguf_field, is_gguf, open_gguf
 from ropeconvert.formats.hub_base import license_of_origin
+from ropeconvert.formats.safe_io import parse_json, read_json
 
 REPORT_SCHEMA = "ropeconvert.report/1"
 PROVENANCE_FILE = "ropeconvert.json"  # written by formats/hf.py
@@ -24,7 +25,7 @@ CARD = "README.md"
 HF_ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings",
                 "original_max_position_embeddings", "partial_rotary_factor", "dpe")
 
-Status = Literal["passed", "failed", "missing", "stale"]
+Status = Literal["passed", "failed", "missing", "stale", "unextended"]
 
 
 @dataclass
@@ -68,8 +69,8 @@ def load_export(path: Path) -> Export:
 
 
 def _load_hf(path: Path) -> Export:
-    config = _read_json(path / "config.json")
-    provenance = _read_json(path / PROVENANCE_FILE) if (path / PROVENANCE_FILE).is_file() else {}
+    config = _read_json(path / "config.json", "config")
+    provenance = _read_json(path / PROVENANCE_FILE, "manifest") if (path / PROVENANCE_FILE).is_file() else {}
     rope = {k: config[k] for k in HF_ROPE_KEYS if k in config}
     report = _read_report(path)
     spec = provenance.get("spec") or (report or {}).get("spec")
@@ -96,17 +97,23 @@ def _load_gguf(path: Path) -> Export:
             rope[f"tensor {t.name}"] = [float(v) for v in t.data.reshape(-1)]
     report_dir = path.with_name(path.stem + ".report")
     report = _read_report(report_dir)
-    spec = json.loads(embedded) if isinstance(embedded, str) and embedded.startswith("{") else (report or {}).get("spec")
-    provenance = {k: rope[f"ropeconvert.{k}"] for k in ("source", "source_revision", "source_name", "source_license")
-                  if f"ropeconvert.{k}" in rope}
+    spec = (parse_json(embedded, f"the ropeconvert.spec metadata of {path}", "re-export it with ropeconvert")
+            if isinstance(embedded, str) and embedded.startswith("{") else (report or {}).get("spec"))
+    if spec is not None and not isinstance(spec, dict):
+        raise InputError(f"the ropeconvert.spec metadata of {path} is not an object", "re-export it with ropeconvert")
+    from ropeconvert.formats.gguf_integrity import PROVENANCE_KEYS
+
+    provenance = {k: rope[f"ropeconvert.{k}"] for k in PROVENANCE_KEYS if f"ropeconvert.{k}" in rope}
     if isinstance(provenance.get("source_license"), str) and provenance["source_license"].startswith("{"):
-        provenance["source_license"] = json.loads(provenance["source_license"])  # written as JSON by add_provenance
+        provenance["source_license"] = parse_json(provenance["source_license"],  # written as JSON by add_provenance
+                                                  f"the ropeconvert.source_license metadata of {path}",
+                                                  "re-export it with ropeconvert")
     sibling = path.with_suffix("") / PROVENANCE_FILE  # `--to both` wrote the HF export (with provenance) beside it
     if "source" not in provenance and sibling.is_file() and spec is not None:
-        recorded = _read_json(sibling)
+        recorded = _read_json(sibling, "manifest")
         if same_rope(recorded.get("spec") or {}, spec):
             provenance.update({k: recorded[k] for k in ("source", "source_revision", "source_name", "source_license",
-                                                        "ropeconvert_version") if recorded.get(k) is not None})
+                                                        "base_model", "ropeconvert_version") if recorded.get(k) is not None})
     if "source" not in provenance and isinstance((report or {}).get("base"), (str, dict)):
         provenance["source"] = _origin_of(report["base"])
     # re-extended GGUFs keep the source's general.license; converted ones name their base only in the report
@@ -126,10 +133,16 @@ def _read_report(report_dir: Path) -> dict[str, Any] | None:
     path = report_dir / "report.json"
     if not path.is_file():
         return None
-    report = _read_json(path)
+    report = _read_json(path, "report")
     if report.get("schema") != REPORT_SCHEMA or not isinstance(report.get("passed"), bool):
-        raise InputError(f"{path} is not a ropeconvert validation report (schema {report.get('schema')!r})",
+        raise InputError(f"{path} is not a ropeconvert validation report (schema {show(report.get('schema'))})",
                          f"re-run `ropeconvert validate {report_dir}`")
+    for key, kind in (("plots", dict), ("checks", list), ("spec", dict)):
+        if report.get(key) is not None and not isinstance(report[key], kind):
+            raise InputError(f"{path}: {key} must be {'an object' if kind is dict else 'a list'}, got "
+                             f"{show(report[key])}", f"re-run `ropeconvert validate {report_dir}`")
+    if not all(isinstance(c, dict) for c in report.get("checks") or []):
+        raise InputError(f"{path}: every entry of checks must be an object", f"re-run `ropeconvert validate {report_dir}`")
     for name in (report.get("plots") or {}).values():
         if not (report_dir / str(name)).is_file():
             raise InputError(f"{path} names plot {name!r}, which is missing", f"re-run `ropeconvert validate {report_dir}`")
@@ -143,6 +156,12 @@ def _judge(report: dict[str, Any] | None, export_spec: dict[str, Any] | None) ->
     # A report made for another rope (the export was rewritten after validation) proves nothing about this one.
     if export_spec is not None and report.get("spec") is not None and not same_rope(report["spec"], export_spec):
         return "stale", "report.json was made for a different rope spec than the export now carries"
+    original = report.get("original_context")
+    measured = [n for t in (report.get("tasks") or {}).values() if isinstance(t, dict) for n in t.get("lengths") or []
+                if isinstance(n, int)]
+    if isinstance(original, int) and measured and max(measured) <= original:  # older reports lack the check
+        return "unextended", (f"not validated for the extension: no length past the original context {original} "
+                              f"was measured")
     if report["passed"]:
         return "passed", "all validation checks passed"
     failed = [c.get("name", "?") for c in report.get("checks") or [] if not c.get("passed")]
@@ -184,11 +203,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})", "re-create it with ropeconvert") from None
+def _read_json(path: Path, what: str = "file") -> dict[str, Any]:
+    """A JSON object from the export; a manifest's or report's `spec` must be an object (same_rope reads it)."""
+    data = read_json(path, what, "re-create it with ropeconvert")
     if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object")
+        raise InputError(f"{path} must hold a JSON object", "re-create it with ropeconvert")
+    if what != "config" and not isinstance(data.get("spec"), (dict, type(None))):
+        raise InputError(f"{path}: spec must be an object, got {show(data['spec'])}", "re-create it with ropeconvert")
     return data

@@ -24,6 +24,9 @@ WARNINGS = {
                "published with `--skip-validation`. Treat it as untested.",
     "stale": "**Not validated.** The validation report on disk was made for a different rope than this export "
              "carries, so it is not shown; the export was published with `--skip-validation`. Treat it as untested.",
+    "unextended": "**Not validated for the extension.** Every measurement was made within the base's original "
+                  "context, so nothing here shows the extended context works; it was published with "
+                  "`--skip-validation`. Treat it as untested past the original length.",
     "failed": "**Validation failed** ({detail}). This export was published anyway with `--skip-validation`; the "
               "measurements below show where it falls short.",
 }
@@ -48,22 +51,34 @@ def render_card(export: Export, *, repo_id: str, base_id: str | None, license_fi
     if license_note:
         parts.append(f"> [!NOTE]\n> {license_note}")
     parts += [_what_was_done(export, spec), _rope_written(export)]
-    if export.report is not None and export.status in ("passed", "failed"):
+    if export.report is not None and export.status in ("passed", "failed", "unextended"):
         parts.append(_validation(export.report))
     parts += [_how_to_run(export, spec, repo_id), _reproduce(export, spec, base_id)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def base_label(export: Export, base_id: str | None) -> str:
+    """How the card names the base: its Hub id, else what the export recorded — never a machine path (exports
+    written before paths were dropped may still hold one: only its last component is shown)."""
+    if base_id:
+        return base_id
+    source = export.provenance.get("source")
+    if not isinstance(source, str) or not source:
+        return "a local model"
+    if source.startswith(("/", "~", ".")) or "\\" in source or Path(source).is_absolute():
+        return f"a local model ({Path(source.rstrip('/')).name})"
+    return source
+
+
 def _intro(export: Export, spec: dict[str, Any], base_id: str | None) -> str:
-    base = base_id or export.provenance.get("source") or "the base model"
+    base = base_label(export, base_id)
     version = export.provenance.get("ropeconvert_version", __version__)
     if not spec:
         return f"A context-extended version of **{base}**, written by ropeconvert {version}."
     info = _method_info(spec["method"])
     link = f"[{spec['method']}]({info.paper})" if info else spec["method"]
     return (f"**{base}** with its context extended from **{_n(_orig(spec))}** to **{_n(spec['target_context'])}** "
-            f"tokens ({_num(spec['target_context'] / _orig(spec))}×) using {link}, written by "
-            f"[ropeconvert](https://pypi.org/project/ropeconvert/) {version}.")
+            f"tokens ({_num(spec['target_context'] / _orig(spec))}×) using {link}, written by ropeconvert {version}.")
 
 
 def _what_was_done(export: Export, spec: dict[str, Any]) -> str:
@@ -83,8 +98,9 @@ def _what_was_done(export: Export, spec: dict[str, Any]) -> str:
         knobs = {k: v for k, v in params.items() if k != "factor"}
         if knobs:
             rows.append(("method settings", ", ".join(f"{k}={_num(v)}" for k, v in knobs.items())))
-    if export.kind == "hf":
-        rows.append(("weights", "byte-identical to the base; only the rope configuration differs"))
+    rows.append(("weights", export.provenance.get("weights_origin") or (
+        "copied from the source unchanged; only the rope configuration differs" if export.kind == "hf" else
+        "converted from the source by ropeconvert")))
     for note in export.provenance.get("notes") or []:
         rows.append(("note", str(note)))
     return "## What was done\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -150,7 +166,8 @@ def _how_to_run(export: Export, spec: dict[str, Any], repo_id: str) -> str:
             text += ("\n\n> [!WARNING]\n> llama.cpp cannot run DPE exactly: this GGUF carries a `rope_freqs` "
                      "*approximation* of it. Use the HF export with transformers for the real method.")
         return text
-    lines = ["import ropeconvert  # registers the DPE attention this export needs (pip install ropeconvert)"] if dpe else []
+    lines = ["import ropeconvert  # registers the DPE attention this export needs (ropeconvert from its source tree)"] \
+        if dpe else []
     lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
               f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", dtype="auto", device_map="auto")',
@@ -166,12 +183,16 @@ def _reproduce(export: Export, spec: dict[str, Any], base_id: str | None) -> str
         return ""
     prov = export.provenance
     name, revision = prov.get("source_name"), prov.get("source_revision")
-    if name and not (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
-        source = name  # an alias or Hub id, as typed
+    from ropeconvert.formats.source import ALIASES, HUB_ID
+
+    local = None
+    if isinstance(name, str) and (name in ALIASES or (HUB_ID.match(name) and ".." not in name)):
+        source = name  # an alias or Hub id, as typed: readers get the same model
     elif base_id:  # a local copy of a Hub model (its cache snapshot names the commit): readers fetch the same
         source, revision = base_id, revision or snapshot_revision(prov.get("source"))
-    else:
-        source = prov.get("source") or "BASE_MODEL"
+    else:  # a local model readers do not have: say which, by name only
+        local = Path(str(name or "BASE_MODEL").rstrip("/")).name
+        source = f"./{local}"
     args = ["ropeconvert", _quote(str(source)), "--method", spec["method"]]
     params = dict(spec.get("params") or {})
     info = _method_info(spec["method"])
@@ -188,8 +209,11 @@ def _reproduce(export: Export, spec: dict[str, Any], base_id: str | None) -> str
     if revision:
         args += ["--revision", str(revision)]
     args += ["--to", export.kind, "--out", _quote(export.path.name)]
-    text = (f"## Reproduce\n\n```sh\npip install 'ropeconvert=={prov.get('ropeconvert_version', __version__)}'\n"
-            + " ".join(args) + "\n```")
+    version = prov.get("ropeconvert_version", __version__)
+    text = (f"## Reproduce\n\nWith ropeconvert {version} (installed from its source tree: `pip install .`; it is not "
+            f"published on PyPI):\n\n```sh\n" + " ".join(args) + "\n```")
+    if local:
+        text += f"\n\n`./{local}` stands for the local model this export was made from; it is not on the Hub."
     if spec["method"] == "longrope":
         text += "\n\n`--factors` reads the long/short factors from this repository's rope configuration above."
     return text

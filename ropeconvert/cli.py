@@ -42,9 +42,14 @@ class DefaultToConvert(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=DefaultToConvert, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Extend the context of a RoPE model (YaRN, LongRoPE, PI, NTK, Llama-3, …) and export it "
-                       "to HF and GGUF so that transformers, llama.cpp and vLLM run it with no extra flags.")
+app = typer.Typer(
+    cls=DefaultToConvert, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Extend the context of a RoPE model (YaRN, LongRoPE, PI, NTK, Llama-3, …) and export it to HF and GGUF so "
+         "that transformers, llama.cpp and vLLM run it with no extra flags.\n\n"
+         "Main form: ropeconvert MODEL --method METHOD (--factor S | --target-context N) [--to hf|gguf|both] "
+         "[--out PATH] — all its options: ropeconvert convert --help.",
+    epilog="Examples:\n\n" + "\n\n".join(CONVERT_EXAMPLES + ["ropeconvert validate smol-yarn-16k --tasks ppl",
+                                                                "ropeconvert methods --models"]))
 
 
 def _version(value: bool):
@@ -92,6 +97,7 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     push: Optional[str] = typer.Option(None, "--push", metavar="ORG/NAME", help="Then validate and publish to this Hub repo if validation passed (the GGUF of --to both goes to ORG/NAME-GGUF)."),
     private: bool = typer.Option(False, "--private", help="--push: create the Hub repo private."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", metavar="ORG/NAME", help="The Hub id MODEL is a copy of, recorded for the model card's base_model (a local directory is otherwise 'a local model')."),
     validate: bool = typer.Option(False, "--validate", help="Then measure base vs extended (ppl, passkey) and write the report."),
 ):
     """Extend MODEL's context with METHOD and export it."""
@@ -101,6 +107,10 @@ def convert(
         from ropeconvert.formats.hub import preflight
 
         preflight(push)
+    if base_model is not None:
+        from ropeconvert.formats.hub import check_repo_id
+
+        check_repo_id(base_model)
 
     knobs = dict(factor=factor, target_context=target_context, beta_fast=beta_fast, beta_slow=beta_slow,
                  attention_factor=attention_factor, mscale=mscale, mscale_all_dim=mscale_all_dim,
@@ -109,7 +119,7 @@ def convert(
                  group_size=group_size, scales=scales, topk=topk, dpe_map=dpe_map)
     result = run(model, method, to=to, out=out, knobs=knobs, original_context=original_context, force=force,
                  link=link, replace_scaling=replace_scaling, revision=revision, progress=not quiet,
-                 outtype=outtype, static=static)
+                 outtype=outtype, static=static, base_model=base_model)
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo  # --json: stdout holds only JSON
     if not as_json:
         s = result.spec
@@ -136,7 +146,7 @@ def convert(
 
         for kind, path in result.outputs.items():
             repo = push + "-GGUF" if kind == "gguf" and len(result.outputs) > 1 else push
-            published.append(publish(path, repo, private=private, progress=not quiet, log=_note))
+            published.append(publish(path, repo, private=private, progress=not quiet, log=_note, base_model=base_model))
             for line in published[-1].lines():
                 say(line)
     if as_json:
@@ -162,6 +172,19 @@ def methods(models: bool = typer.Option(False, "--models", help="List the model 
 
 
 @app.command()
+def corpora(only: Optional[str] = typer.Option(None, "--only", help="Fetch one corpus: austen or shakespeare.")):
+    """Fetch the offline corpora (Austen, Shakespeare) into their default place: $ROPECONVERT_CORPORA, else
+    ~/.cache/ropeconvert/corpora — where validate and search look for them."""
+    from ropeconvert.errors import UnknownNameError
+    from ropeconvert.validators.corpora_fetch import fetch
+
+    names = ("austen", "shakespeare")
+    if only is not None and only not in names:
+        raise UnknownNameError(f"unknown corpus {only!r}", "choose austen or shakespeare")
+    fetch((only,) if only else names, log=typer.echo)
+
+
+@app.command()
 def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .gguf file."),
             as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
     """Show the rope a checkpoint carries: type, theta, factors, original/target length."""
@@ -172,11 +195,12 @@ def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .g
         typer.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
-        typer.echo(f"{key:<22} {value}")
+        typer.echo(f"{key:<24} {value}")
 
 
 @app.command()
 def verify(export: Path = typer.Argument(..., help="An export directory or .gguf file written by ropeconvert."),
+           source: Optional[Path] = typer.Option(None, "--source", help="The source it was made from (HF directory, or the GGUF it was re-extended from): weights compared byte for byte. Exports record no machine path."),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report problems.")):
     """Re-check an export: sha256 of every file (HF) or of the tensor data (GGUF), weights identical to the source,
     rope = the spec it was made from."""
@@ -185,11 +209,13 @@ def verify(export: Path = typer.Argument(..., help="An export directory or .gguf
 
     if export.is_dir():
         from ropeconvert.formats.manifest import verify_hf as check
-    elif export.is_file() and is_gguf(export):
+    elif export.is_file() and (is_gguf(export) or export.suffix == ".gguf"):  # a damaged magic is a change too
         from ropeconvert.formats.gguf_integrity import verify_gguf as check
     else:
         raise InputError(f"{export} is neither an export directory nor a GGUF file", "pass what ropeconvert wrote")
-    problems, done = check(export)
+    if source is not None and not source.exists():
+        raise InputError(f"--source {source} not found", "pass the directory or .gguf the export was made from")
+    problems, done = check(export, source)
     for line in ([] if quiet else done):
         typer.echo(f"ok    {line}")
     for line in problems:
@@ -207,6 +233,9 @@ app.command(epilog="Examples:\n\n" + "\n\n".join(SEARCH_EXAMPLES))(search)
 
 
 def main() -> None:
+    from ropeconvert import signals  # SIGTERM/SIGHUP end a run like Ctrl-C: one line, temporaries removed, 128+n
+
+    signals.install()
     debug = os.environ.get(DEBUG_ENV) not in (None, "", "0")
     try:
         code = app(standalone_mode=False)  # returns the exit code of --help / typer.Exit
@@ -219,8 +248,7 @@ def main() -> None:
         typer.echo(f"error: {' '.join(e.format_message().split())} — see ropeconvert --help", err=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("error: interrupted — nothing was written at the output path", err=True)
-        sys.exit(130)
+        sys.exit(signals.interrupted_exit())
     except RopeConvertError as e:
         if debug:
             raise

@@ -38,6 +38,7 @@ def publish(
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing; default main)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write the card locally; upload nothing."),
     skip_validation: bool = typer.Option(False, "--skip-validation", help="Publish without a passed validation; the card says so."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", metavar="ORG/NAME", help="The Hub id of the base (the card's base_model) when the export was made from a local copy."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
@@ -47,7 +48,7 @@ def publish(
     from ropeconvert.formats.hub import publish as run
 
     result = run(export, repo, private=private, revision=revision, dry_run=dry_run, skip_validation=skip_validation,
-                 progress=not quiet, log=note)
+                 progress=not quiet, log=note, base_model=base_model)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

