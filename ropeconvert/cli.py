@@ -173,8 +173,10 @@ def methods(models: bool = typer.Option(False, "--models", help="List the model 
 
 @app.command()
 def corpora(only: Optional[str] = typer.Option(None, "--only", help="Fetch one corpus: austen or shakespeare.")):
-    """Fetch the offline corpora (Austen, Shakespeare) into their default place: $ROPECONVERT_CORPORA, else
-    ~/.cache/ropeconvert/corpora — where validate and search look for them."""
+    """Fetch the offline corpora (Austen, Shakespeare) for validate and search.
+
+    They go to $ROPECONVERT_CORPORA, else ~/.cache/ropeconvert/corpora: the one place validate, search, make and the
+    tests look."""
     from ropeconvert.errors import UnknownNameError
     from ropeconvert.validators.corpora_fetch import fetch
 
@@ -202,8 +204,8 @@ def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .g
 def verify(export: Path = typer.Argument(..., help="An export directory or .gguf file written by ropeconvert."),
            source: Optional[Path] = typer.Option(None, "--source", help="The source it was made from (HF directory, or the GGUF it was re-extended from): weights compared byte for byte. Exports record no machine path."),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report problems.")):
-    """Re-check an export: sha256 of every file (HF) or of the tensor data (GGUF), weights identical to the source,
-    rope = the spec it was made from."""
+    """Re-check an export: sha256 of every file (HF) or of the whole file (GGUF), rope = the spec it was made from,
+    and with --source the weights identical to the source's."""
     from ropeconvert.errors import InputError
     from ropeconvert.formats.gguf_read import is_gguf
 

@@ -17,7 +17,36 @@ SEARCH_EXAMPLES = [
 ]
 
 
+# options that only one kind of search reads: given to the other kind they would be ignored in silence, so refuse
+LONGROPE_ONLY = ("population", "generations", "patience", "documents", "short", "short_max", "max_factor",
+                 "critical_dim", "stop_after")
+DPE_ONLY = ("window", "groups", "topk", "lengths", "fixed_scale", "samples")
+METHODS = ("longrope", "longrope2", "dpe")
+
+
+def refuse_foreign_options(ctx: typer.Context, method: str) -> None:
+    """One line naming every option given on the command line that the chosen search does not use."""
+    try:  # typer ≥ 0.24 vendors click; older releases use the click package itself
+        from typer._click.core import ParameterSource
+    except ImportError:  # pragma: no cover
+        from click.core import ParameterSource
+
+    from ropeconvert.errors import UnknownNameError, UnsupportedError
+
+    if method not in METHODS:
+        raise UnknownNameError(f"unknown search method {method!r}", f"choose one of: {', '.join(METHODS)}")
+    foreign = DPE_ONLY if method != "dpe" else LONGROPE_ONLY
+    given = [name for name in foreign if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        other = "dpe" if method != "dpe" else "longrope/longrope2"
+        raise UnsupportedError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to search --method {method} "
+                         f"(only to --method {other})", f"drop {'it' if len(given) == 1 else 'them'}, or choose the method "
+                              f"{'it belongs' if len(given) == 1 else 'they belong'} to")
+
+
 def search(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="Base model: alias, Hub id, HF directory or .gguf file."),
     method: str = typer.Option("longrope", "--method", "-m", help="longrope (all pairs, PI/NTK/YaRN seeds), longrope2 (critical dim, needle perplexity) or dpe (per-group scales by 4-needle retrieval)."),
     target_context: Optional[int] = typer.Option(None, "--target-context", "-t", help="Length the factors are searched for."),
@@ -51,6 +80,7 @@ def search(
 ):
     """Search LongRoPE / LongRoPE2 rescale factors, or DPE group scales, on the model itself; writes factors.json
     (dpe: dpe_map.json), a JSON log of every evaluation and search.png."""
+    refuse_foreign_options(ctx, method)
     if method == "dpe":
         return _search_dpe(model, target_context, factor, window, groups, topk, lengths, fixed_scale, samples, budget,
                            seed, out, resume, force, str(text) if text else corpus, original_context, device, quiet,
