@@ -14,7 +14,7 @@ from test_hub_card import card_of, table_rows
 REPO = "acme/tiny-llama-yarn-512"
 
 
-def test_a_real_validation_report_renders_into_the_published_card(tmp_path, hf_export):
+def test_a_real_validation_report_renders_into_the_published_card(tmp_path, hf_export, hub_base):
     for name in ("report.json", "report.md", "ppl.png", "passkey.png"):  # drop the fixture's hand-made report
         (hf_export / name).unlink()
     rng = random.Random(0)
@@ -22,7 +22,7 @@ def test_a_real_validation_report_renders_into_the_published_card(tmp_path, hf_e
     text = tmp_path / "text.txt"
     text.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(300)) for _ in range(8)))
     proc = run_cli("validate", hf_export, "--tasks", "ppl,passkey", "--lengths", "128,256,512", "--trials", "1",
-                   "--documents", "1", "--text", text, "--quiet")
+                   "--documents", "1", "--text", text, "--base", hub_base, "--quiet")  # exports record no path: name the base
     assert proc.returncode in (0, 2) and (hf_export / "report.json").is_file(), proc.stderr
     report = json.loads((hf_export / "report.json").read_text())
 
