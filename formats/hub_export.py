@@ -18,7 +18,8 @@ from ropeconvert.formats.gguf_read import ROPE_TENSORS, field as gguf_field, is_
 from ropeconvert.formats.hub_base import license_of_origin
 from ropeconvert.formats.safe_io import parse_json, read_json
 
-REPORT_SCHEMA = "ropeconvert.report/1"
+REPORT_SCHEMA = "ropeconvert.report/2"  # written by validate
+REPORT_SCHEMAS = ("ropeconvert.report/1", REPORT_SCHEMA)  # read: /1 is /2 without registered tasks (RULER)
 PROVENANCE_FILE = "ropeconvert.json"  # written by formats/hf.py
 CARD = "README.md"
 # config.json keys that say how positions are encoded: the card shows them verbatim
@@ -134,7 +135,7 @@ def _read_report(report_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     report = _read_json(path, "report")
-    if report.get("schema") != REPORT_SCHEMA or not isinstance(report.get("passed"), bool):
+    if report.get("schema") not in REPORT_SCHEMAS or not isinstance(report.get("passed"), bool):
         raise InputError(f"{path} is not a ropeconvert validation report (schema {show(report.get('schema'))})",
                          f"re-run `ropeconvert validate {report_dir}`")
     for key, kind in (("plots", dict), ("checks", list), ("spec", dict)):

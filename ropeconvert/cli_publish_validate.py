@@ -27,6 +27,7 @@ PUBLISH_EXAMPLES = [
 VALIDATE_EXAMPLES = [
     "ropeconvert validate smollm2-135m-yarn-16k --base smollm2-135m --tasks ppl,passkey --lengths 4096,8192,16384",
     "ropeconvert validate out.gguf --base model.gguf --tasks ppl --text my_books/",
+    "ropeconvert validate smollm2-135m-yarn-16k --tasks ruler --lengths 4096,8192,16384 --samples 20",
     "ropeconvert validate --parity smollm2-135m-yarn-16k smollm2-135m-yarn-16k.gguf",
 ]
 
@@ -60,7 +61,7 @@ def validate(
     export: Path = typer.Argument(..., help="The export: HF directory or .gguf (with --parity: the HF directory)."),
     gguf: Optional[Path] = typer.Argument(None, help="--parity only: the GGUF export to compare with."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model (alias, Hub id, path); default: the export's recorded source."),
-    tasks: str = typer.Option("ppl,passkey", "--tasks", help="Comma-separated: ppl, passkey, niah."),
+    tasks: str = typer.Option("ppl,passkey", "--tasks", help="Comma-separated: ppl, passkey, niah, ruler (every offline RULER task) or RULER task names (niah_single_1, vt, cwe, …)."),
     lengths: Optional[str] = typer.Option(None, "--lengths", help="Token lengths, e.g. 4096,8192,16384 (default: original/2, original, target)."),
     passkey_lengths: Optional[str] = typer.Option(None, "--passkey-lengths", help="Passkey lengths (default: --lengths)."),
     niah_lengths: Optional[str] = typer.Option(None, "--niah-lengths", help="4-needle lengths (default: --lengths)."),
@@ -77,11 +78,14 @@ def validate(
     parity: bool = typer.Option(False, "--parity", help="Compare an HF export (transformers) with a GGUF (llama.cpp)."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="--parity: sequence length (default original + 1024)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for passkeys and needles."),
+    seed: int = typer.Option(0, "--seed", help="Seed for passkeys, needles and RULER samples."),
+    samples: int = typer.Option(4, "--samples", help="RULER samples per task and length (RULER uses 500)."),
+    threshold: str = typer.Option("85.6", "--threshold", help="RULER effective-length threshold (0-100], or 'base': the base's own average at its original context."),
+    qa_file: Optional[str] = typer.Option(None, "--qa-file", metavar="FILE[,FILE]", help="SQuAD (qa_1) and/or HotpotQA (qa_2) JSON files for RULER's QA tasks."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
-    """Measure base vs extended (perplexity, passkey, 4-needle) and write report.json, PNG plots and report.md."""
+    """Measure base vs extended (perplexity, passkey, 4-needle, RULER) and write report.json, PNG plots and report.md."""
     from ropeconvert.validators import command
 
     if parity or gguf is not None:
@@ -96,5 +100,5 @@ def validate(
         export, base, tasks=tasks, lengths=lengths, passkey_lengths=passkey_lengths, niah_lengths=niah_lengths,
         depths=depths, trials=trials, niah_samples=niah_samples, documents=documents, text=text, corpus=corpus,
         dataset=dataset, truncate=truncate, stride=stride, max_windows=max_windows, device=device, seed=seed,
-        quiet=quiet)
+        quiet=quiet, samples=samples, threshold=threshold, qa_file=qa_file)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(lines))

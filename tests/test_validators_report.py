@@ -36,7 +36,7 @@ def test_report_follows_schema(validated):
     out, _ = validated
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["schema"] == "ropeconvert.report/1" and report["created"].endswith("Z")
+    assert report["schema"] == "ropeconvert.report/2" and report["created"].endswith("Z")
     assert report["export"] == out.name and report["spec"]["method"] == "yarn"
     assert report["corpus"] == {"name": "austen", "documents": ["emma", "mansfieldpark"]}
     assert set(report["runtime"]) >= {"device", "dtype", "torch", "transformers"}
@@ -56,7 +56,7 @@ def test_report_follows_schema(validated):
 
 @pytest.mark.parametrize("mutate", [
     lambda r: r.pop("checks"),
-    lambda r: r.update(schema="ropeconvert.report/2"),
+    lambda r: r.update(schema="ropeconvert.report/3"),
     lambda r: r["tasks"]["ppl"].pop("per_document"),
     lambda r: r["tasks"]["passkey"].update(trials=0),
     lambda r: r["tasks"].update(rouge={}),
@@ -70,7 +70,7 @@ def test_schema_rejects_malformed_reports(validated, mutate):
     mutate(bad)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, SCHEMA)
-    with pytest.raises(Exception, match="does not follow ropeconvert.report/1"):
+    with pytest.raises(Exception, match="does not follow ropeconvert.report/2"):
         R.check_schema(bad)
 
 

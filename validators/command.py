@@ -34,6 +34,7 @@ def table(report: dict[str, Any]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += R.summary_lines(report["tasks"])
     for c in report["checks"]:
         lines.append(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}")
     return lines
@@ -42,7 +43,8 @@ def table(report: dict[str, Any]) -> list[str]:
 def run(export: Path, base: str | None, *, tasks: str, lengths: str | None, passkey_lengths: str | None,
         niah_lengths: str | None, depths: str | None, trials: int, niah_samples: int, documents: int,
         text: Path | None, corpus: str, dataset: str | None, truncate: bool, stride: int, max_windows: int,
-        device: str | None, seed: int, quiet: bool) -> tuple[dict[str, Any], Path, list[str]]:
+        device: str | None, seed: int, quiet: bool, samples: int = Options.samples,
+        threshold: str = Options.threshold, qa_file: str | None = None) -> tuple[dict[str, Any], Path, list[str]]:
     if text is not None and not Path(text).exists():
         raise InputError(f"--text {text} does not exist", "pass a .txt file or a directory of .txt files")
     opts = Options(
@@ -51,9 +53,10 @@ def run(export: Path, base: str | None, *, tasks: str, lengths: str | None, pass
         niah_lengths=parse_list("--niah-lengths", niah_lengths),
         depths=parse_list("--depths", depths, float) or Options.depths, trials=trials, niah_samples=niah_samples,
         documents=documents, corpus=str(text) if text is not None else corpus, dataset=dataset, truncate=truncate,
-        stride=stride, max_windows=max_windows, device=device, seed=seed, progress=not quiet)
+        stride=stride, max_windows=max_windows, device=device, seed=seed, samples=samples, threshold=threshold,
+        qa_files=tuple(f.strip() for f in (qa_file or "").split(",") if f.strip()), progress=not quiet)
     if not opts.tasks:
-        raise InputError("--tasks is empty", "e.g. --tasks ppl,passkey,niah")
+        raise InputError("--tasks is empty", "e.g. --tasks ppl,passkey,niah or --tasks ruler")
     report, path = validate(Path(export), base, opts)
     verdict = {"passed": "passed", "failed": "FAILED"}.get(R.state(report), "NOT VALIDATED FOR THE EXTENSION")
     lines = table(report) + [f"{verdict}: wrote {path} and {len(report['plots'])} plots"]

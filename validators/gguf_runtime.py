@@ -38,6 +38,10 @@ class LlamaCppTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._llm.detokenize(list(ids), special=not skip_special_tokens)
 
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The HF-style call RULER sizes its prompts with (validators/ruler/haystack.py `token_counter`)."""
+        return self(text, add_special_tokens).input_ids
+
 
 class GgufRuntime:
     kind = "llama.cpp"
@@ -127,6 +131,8 @@ def _blank(results: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, r in results.items():
+        if not hasattr(r, "lengths"):  # a registered task's result (RULER): validate blanks it through its task
+            continue
         none = [None] * len(r.lengths)
         if isinstance(r, PplResult):
             out[name] = PplResult(r.lengths, none, {doc: list(none) for doc in r.per_document})

@@ -21,7 +21,8 @@ import numpy as np
 from ropeconvert.errors import InputError, OutputError
 from ropeconvert.validators.report_plots import _pyplot, figures  # noqa: F401  (figures: the report's plots)
 
-SCHEMA_ID = "ropeconvert.report/1"
+SCHEMA_ID = "ropeconvert.report/2"  # what validate writes: /1 plus registered tasks (RULER) in "tasks"
+SCHEMA_IDS = ("ropeconvert.report/1", SCHEMA_ID)  # what readers accept: a /1 report is a valid /2 one without them
 SHORT_CONTEXT_TOLERANCE = 1.5  # extended ppl within the original context may be at most this × the base's
 PARITY_RATIO = (0.95, 1.05)
 PARITY_TOP1 = 0.90
@@ -95,6 +96,10 @@ def checks(tasks: dict[str, Any], original: int | None) -> list[dict[str, Any]]:
     if (t := tasks.get("niah")) is not None:
         rows = [(n, b, e) for n, b, e in zip(t["lengths"], t["base"], t["extended"]) if b is not None and e is not None]
         out += _not_worse("niah_not_worse", [r for r in rows if r[0] > orig])
+    from ropeconvert.validators.task_registry import in_report
+
+    for task, record in in_report(tasks):  # registered tasks: their own checks
+        out += task.checks(record, orig)
     measured = sorted({n for t in tasks.values() if isinstance(t, dict) for n in t.get("lengths") or []})
     if measured and orig:  # every measurement inside the trained length proves nothing about the extension
         far = [n for n in measured if n > orig]
@@ -140,7 +145,18 @@ def table_rows(tasks: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows += [("parity ppl (HF | GGUF)", str(p["tokens"]), _f(p["ppl_hf"]), _f(p["ppl_gguf"])),
                  ("parity top-1 agreement", str(p["tokens"]), "",
                   "—" if p["top1_agreement"] is None else f"{p['top1_agreement']:.1%}")]
+    from ropeconvert.validators.task_registry import in_report
+
+    for task, record in in_report(tasks):
+        rows += task.rows(record)
     return rows
+
+
+def summary_lines(tasks: dict[str, Any]) -> list[str]:
+    """The registered tasks' headline lines (RULER: the effective lengths)."""
+    from ropeconvert.validators.task_registry import in_report
+
+    return [line for task, record in in_report(tasks) for line in task.summary(record)]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -149,6 +165,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"Base `{report['base']}` vs extended `{Path(report['export']).name}`, measured on "
              f"{rt.get('engine', 'transformers')} ({rt['device']}, {rt['dtype']}) with the {report['corpus']['name']} "
              f"corpus ({len(report['corpus']['documents'])} documents), {report['created']}.", "",
+             *[x for line in summary_lines(report["tasks"]) for x in (line, "")],
              "| task | length | base | extended |", "|---|---:|---:|---:|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(report["tasks"])]
     lines += ["", "| check | result | detail |", "|---|---|---|"]

@@ -1,5 +1,5 @@
 """The report's PNG plots: perplexity, passkey and 4-needle accuracy against length, base vs extended, with the
-original (and target) context marked."""
+original (and target) context marked; the RULER heatmap (tasks × lengths); any registered task's own figure."""
 from __future__ import annotations
 
 import math
@@ -87,4 +87,35 @@ def figures(tasks: dict[str, Any], original: int | None, target: int | None) -> 
         out["passkey"] = plot_passkey(tasks["passkey"], original)
     if "niah" in tasks:
         out["niah"] = plot_niah(tasks["niah"], original)
+    from ropeconvert.validators.task_registry import in_report
+
+    for task, record in in_report(tasks):  # registered tasks draw their own figure
+        if (fig := task.figure(record, original, target)) is not None:
+            out[task.name] = fig
     return out
+
+
+def plot_ruler(t: dict[str, Any], original: int | None):
+    """RULER heatmap: tasks (and the average) × lengths, base and extended side by side, scores 0–100."""
+    plt = _pyplot()
+    names = [*t["tasks"], "average"]
+    fig, axes = plt.subplots(1, 2, figsize=(5.0 + 1.6 * len(t["lengths"]), 2.0 + 0.32 * len(names)), dpi=110,
+                             sharey=True, constrained_layout=True)  # room for the task names and the colour bar
+    for ax, key in zip(axes, ("base", "extended")):
+        rows = [t["scores"][key][n] for n in t["tasks"]] + [t["average"][key]]
+        grid = np.asarray([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(t["lengths"])), [str(n) for n in t["lengths"]])
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(f"{key} ({t['samples_per_task']} sample{'s' if t['samples_per_task'] != 1 else ''} per cell)")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.0f}" if v == v else "—", ha="center", va="center", fontsize=7)  # NaN: not measured
+        ax.axhline(len(t["tasks"]) - 0.5, color="black", linewidth=1)  # the average row below the line
+        if original:
+            k = sum(n <= original for n in t["lengths"])  # columns past the original context begin right of it
+            ax.axvline(k - 0.5, color="black", linewidth=2, linestyle=":")
+    if original:  # said in the title rather than a legend, which would cover a cell
+        fig.suptitle(f"RULER scores (dotted line: original context, {original} tokens)", fontsize=9)
+    fig.colorbar(im, ax=axes, label="RULER score")
+    return fig

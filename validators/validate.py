@@ -3,6 +3,9 @@
 One model is in memory at a time: the extended export is loaded as a user would (stock transformers for an HF
 export, llama.cpp for a GGUF), measured, freed; then the base. Both see the same token ids (tokenised once with the
 extended model's tokenizer) and the same seeded passkey/needle prompts.
+
+ppl, passkey and niah run through this module's own code; every task registered in validators/task_registry.py
+(RULER) is prepared, measured, recorded, checked and plotted through its registered object, without a branch here.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 from ropeconvert.errors import InputError, UnknownNameError
 from ropeconvert.registry import Registry
 from ropeconvert.validators import report as R
+from ropeconvert.validators import task_registry
 from ropeconvert.validators.export_info import default_base, export_info
 
 TASKS: Registry[str] = Registry("validation task")
@@ -42,13 +46,22 @@ class Options:
     max_windows: int = 10
     device: str | None = None
     seed: int = 0
+    samples: int = 4  # RULER samples per task and length (RULER uses 500)
+    threshold: str = "85.6"  # RULER effective-length threshold, or "base" (the base's average at its original)
+    qa_files: tuple[str, ...] = ()  # SQuAD / HotpotQA files for RULER's qa_1 / qa_2
     progress: bool = True
     notes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
+        known: Registry[str] = Registry("validation task")
+        for name in (*TASKS, *task_registry.selectors()):
+            known.register(name, name)
         for name in self.tasks:
-            if name not in TASKS:
-                raise UnknownNameError(TASKS.unknown_message(name), f"choose from: {', '.join(TASKS)}")
+            if name not in known:
+                raise UnknownNameError(known.unknown_message(name),
+                                       f"choose from: {', '.join(TASKS)}, ruler or RULER task names")
+        for task, selectors in self.registered().values():
+            task.check(self, selectors)
         for label, values in (("--lengths", self.lengths), ("--passkey-lengths", self.passkey_lengths),
                               ("--niah-lengths", self.niah_lengths)):
             if values is not None and (not values or any(v < 16 for v in values)):
@@ -60,6 +73,10 @@ class Options:
                              ("--max-windows", self.max_windows)):
             if value < 1:
                 raise InputError(f"{label} must be ≥ 1, got {value}")
+
+    def registered(self) -> dict[str, tuple[task_registry.Task, tuple[str, ...]]]:
+        """The registered tasks asked for: {report key: (task, the --tasks names that chose it)}."""
+        return task_registry.chosen(self.tasks)
 
     def check_limit(self, limit: int, what: str) -> None:
         """Refuse any length past `limit` before anything is measured: the export promises nothing there, and a
@@ -102,7 +119,7 @@ def original_context(spec: dict[str, Any] | None, rt) -> int:
     return int(rt.base.original_context if hasattr(rt, "base") else rt.n_ctx_train)
 
 
-def _measure(rt, label: str, opts: Options, lengths, doc_ids, haystack) -> dict[str, Any]:
+def _measure(rt, label: str, opts: Options, lengths, doc_ids, haystack, prepared) -> dict[str, Any]:
     from ropeconvert.validators import niah, passkey, perplexity
 
     out: dict[str, Any] = {}
@@ -116,6 +133,8 @@ def _measure(rt, label: str, opts: Options, lengths, doc_ids, haystack) -> dict[
     if "niah" in opts.tasks:
         out["niah"] = niah.run(rt, haystack, list(lengths["niah"]), opts.niah_samples, seed=opts.seed,
                                progress=opts.progress, label=f"{label} niah")
+    for name, (task, _) in opts.registered().items():
+        out[name] = task.run(rt, prepared[name], label, opts.progress)
     return out
 
 
@@ -155,6 +174,9 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
         check_lengths(corpus_name, doc_ids, haystack, ext.tokenizer,
                       ppl=lengths["ppl"] if "ppl" in opts.tasks else (),
                       niah=lengths["niah"] if "niah" in opts.tasks else (), bos=ext.bos_id is not None)
+        prepared = {name: task.prepare(task_registry.TaskContext(selectors, opts, base_lengths, ext.tokenizer,
+                                                                 original, target, docs, corpus_name))
+                    for name, (task, selectors) in opts.registered().items()}  # every prompt before measuring
     except BaseException:
         ext.close()
         raise
@@ -165,18 +187,24 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
 
     guard = CrashGuard()  # llama.cpp dying on one side: the other side still runs and is kept in the report
     try:
-        extended = guard.run("extended", ext, lambda: _measure(ext, "extended", opts, lengths, doc_ids, haystack))
+        extended = guard.run("extended", ext, lambda: _measure(ext, "extended", opts, lengths, doc_ids, haystack,
+                                                                           prepared))
     finally:
         ext.close()
     base_rt = _open(base, kind, opts.device, opts.progress)
     notes += [n for n in getattr(base_rt, "notes", []) if n not in notes]
     try:
-        based = guard.run("base", base_rt, lambda: _measure(base_rt, "base", opts, lengths, doc_ids, haystack))
+        based = guard.run("base", base_rt, lambda: _measure(base_rt, "base", opts, lengths, doc_ids, haystack,
+                                                                           prepared))
     finally:
         base_rt.close()
     based, extended, crash_notes = guard.fill(based, extended)
     notes += crash_notes
     tasks = _tasks(based, extended, opts, bos)
+    for name, (task, _) in opts.registered().items():
+        b, e = based.get(name), extended.get(name)  # a crashed side: the other side's shape, nothing measured
+        tasks[name] = task.record(prepared[name], b if b is not None else task.blank(e),
+                                  e if e is not None else task.blank(b))
     from ropeconvert.formats.source import public_name  # reports are published: no machine paths in them
 
     if previous.get("export") in (str(export), export.name) and "parity" in previous.get("tasks", {}):
