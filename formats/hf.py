@@ -36,7 +36,9 @@ def export_config(spec: RopeSpec, config: dict[str, Any]) -> tuple[dict[str, Any
         # long-context use (reference/methods.md pitfall 14).
         new["sliding_window"] = None
         notes.append(f"sliding_window {window} disabled so attention spans the extended context")
-    return new, notes
+    from ropeconvert.formats.runtimes import export_warnings
+
+    return new, notes + export_warnings(spec)
 
 
 def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = False, link: bool = False,
@@ -61,7 +63,10 @@ def write_hf_export(src_dir: Path, spec: RopeSpec, out: Path, *, force: bool = F
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         # the manifest: provenance, the spec, and sha256 per file (`ropeconvert verify` re-checks it)
+        from ropeconvert.formats.runtimes import runtime_rows
+
         record = {"ropeconvert_version": __version__, "spec": spec.to_dict(), "notes": notes,
+                  "runtimes": runtime_rows(spec),  # what runs where (formats/runtimes.py), shown in the card
                   "linked_weights": link and all(h is None for h in hashes.values()),
                   **(provenance or {}), "weights": sorted(hashes), "files": file_entries(tmp, hashes)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -6,10 +6,21 @@ top-level `rope_theta`; the dict under `rope_scaling` with `rope_type` and the s
 inside, float factors; `original_max_position_embeddings` inside the dict and consistent at top level;
 `max_position_embeddings` = target for yarn/longrope/llama3/ntk and = original for linear/dynamic (both of which
 multiply it by `factor` in vLLM/SGLang, and transformers' dynamic NTK switches on past it).
+
+Encodings chosen so that every runtime that can express a method reads the same numbers (formats/runtimes.py has
+the per-runtime rules and the source each was read from):
+- ntk writes no `rope_scaling` at all, only the new `rope_theta`: a `{"rope_type": "default"}` dict without `factor`
+  is refused by mistral.rs, and every runtime reads a plain rope from `rope_theta` alone.
+- yarn's custom attention factor A is written as `mscale = (A·(1+0.1 ln s) − 1)/(0.1 ln s)`, `mscale_all_dim = 1`:
+  transformers, vLLM, SGLang and mlx-lm all compute mscale(s, m)/mscale(s, 1) = A, whereas `attention_factor` is
+  read by transformers and vLLM only (SGLang reads `attn_factor`, mlx-lm neither).
+- longrope's custom attention factor is written as `attention_factor` (transformers) and again as
+  `long_mscale`/`short_mscale` (vLLM and SGLang read only those).
 """
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from ropeconvert.convert.methods import build_spec
@@ -73,14 +84,17 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
     L, target, p = spec.original_context, spec.target_context, spec.params
     out["rope_theta"] = float(spec.rope_theta)
     rope: dict[str, Any]
-    if spec.method == "ntk":
-        rope, max_pos = {"rope_type": "default"}, target
+    if spec.method == "ntk":  # plain rope with the new base: no rope dict at all (see the module docstring)
+        out["max_position_embeddings"] = int(target)
+        return out
     elif spec.method in ("linear", "dynamic"):
         rope, max_pos = {"rope_type": spec.method, "factor": float(p["factor"])}, L
     elif spec.method == "yarn":
         rope = {"rope_type": "yarn", "factor": float(p["factor"]), "original_max_position_embeddings": L,
                 "beta_fast": float(p["beta_fast"]), "beta_slow": float(p["beta_slow"])}
-        rope.update({k: float(p[k]) for k in ("attention_factor", "mscale", "mscale_all_dim") if k in p})
+        rope.update({k: float(p[k]) for k in ("mscale", "mscale_all_dim") if k in p})
+        if "attention_factor" in p:
+            rope.update(_yarn_attention_as_mscale(float(p["attention_factor"]), float(p["factor"])))
         max_pos = target
     elif spec.method == "llama3":
         rope = {"rope_type": "llama3", "factor": float(p["factor"]), "low_freq_factor": float(p["low_freq_factor"]),
@@ -91,7 +105,10 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
                 "short_factor": list(spec.short_factors or (1.0,) * spec.base.n_pairs),
                 "original_max_position_embeddings": L, "factor": float(p["factor"])}
         if "attention_factor" in p:
-            rope["attention_factor"] = float(p["attention_factor"])
+            # transformers reads attention_factor; vLLM and SGLang read only long_mscale / short_mscale
+            # (vllm rotary_embedding/__init__.py get_rope, sglang rotary_embedding/factory.py get_rope)
+            a = float(p["attention_factor"])
+            rope.update({"attention_factor": a, "long_mscale": a, "short_mscale": a})
         max_pos = target
         if config.get("model_type") == "phi3":
             # transformers 4.x Phi3Config accepts exactly these three keys (ecosystem.md §1.5)
@@ -109,6 +126,19 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
         out["original_max_position_embeddings"] = L
     out["max_position_embeddings"] = int(max_pos)
     return out
+
+
+def _yarn_attention_as_mscale(attention: float, factor: float) -> dict[str, float]:
+    """A YaRN attention factor in the one form all four HF-config runtimes honour: transformers
+    (`_compute_yarn_parameters`), vLLM and SGLang (`YaRNScalingRotaryEmbedding`) and mlx-lm (`YarnRoPE`) compute
+    attention = (0.1·m·ln s + 1)/(0.1·1·ln s + 1) when both mscale and mscale_all_dim are set; solve for m."""
+    t = 0.1 * math.log(factor)
+    m = (attention * (1 + t) - 1) / t
+    if abs(m) < 1e-9:
+        # m = 0 is falsy: transformers would fall back to its default formula. Only transformers and vLLM read
+        # attention_factor, which formats/runtimes.py reports for this one value.
+        return {"attention_factor": attention}
+    return {"mscale": m, "mscale_all_dim": 1.0}
 
 
 def spec_from_hf_config(config: dict[str, Any], original_context: int | None = None) -> RopeSpec | None:

@@ -50,7 +50,7 @@ def render_card(export: Export, *, repo_id: str, base_id: str | None, license_fi
         parts.append("> [!WARNING]\n> " + WARNINGS[export.status].format(detail=export.status_detail))
     if license_note:
         parts.append(f"> [!NOTE]\n> {license_note}")
-    parts += [_what_was_done(export, spec), _rope_written(export)]
+    parts += [_what_was_done(export, spec), _rope_written(export), _runs_in(export)]
     if export.report is not None and export.status in ("passed", "failed", "unextended"):
         parts.append(_validation(export.report))
     parts += [_how_to_run(export, spec, repo_id), _reproduce(export, spec, base_id)]
@@ -115,6 +115,12 @@ def _rope_written(export: Export) -> str:
             "reads them:\n\n```text\n" + "\n".join(lines) + "\n```")
 
 
+def _runs_in(export: Export) -> str:
+    from ropeconvert.formats.runtimes import runs_in_section
+
+    return runs_in_section(export.spec, export.provenance.get("runtimes"), export.kind)
+
+
 def _validation(report: dict[str, Any]) -> str:
     rt, corpus = report.get("runtime") or {}, report.get("corpus") or {}
     docs = corpus.get("documents")
@@ -127,6 +133,9 @@ def _validation(report: dict[str, Any]) -> str:
            f"({len(docs) if isinstance(docs, list) else docs} documents); base `{report.get('base')}`; report created "
            f"{report.get('created', '?')}. All numbers below are from [report.json](report.json)."]
     tasks = report.get("tasks") or {}
+    registered = _registered(tasks)
+    for task, record in registered:  # the headline first: RULER's effective lengths
+        out[1:1] = [f"**{line}**" for line in task.summary(record)[:1]]
     if "ppl" in tasks:
         t = tasks["ppl"]
         out.append("### Perplexity (lower is better)\n\n" + _table(
@@ -146,13 +155,30 @@ def _validation(report: dict[str, Any]) -> str:
             ["perplexity HF", "perplexity GGUF", "ratio", "top-1 agreement", "tokens"],
             [[_f(p.get("ppl_hf")), _f(p.get("ppl_gguf")), _f(p.get("ratio"), 4), _pct(p.get("top1_agreement")),
               _n(p.get("tokens"))]]))
+    out += [task.card(record) for task, record in registered]
     if report.get("checks"):
         out.append("### Checks\n\n" + _table(["check", "result", "detail"], [
             [str(c.get("name")), "pass" if c.get("passed") else "**FAIL**", str(c.get("detail", ""))]
             for c in report["checks"]]))
+    titles = {**PLOT_TITLES, **{task.name: task.title for task, _ in registered}}
     for name, file in (report.get("plots") or {}).items():
-        out.append(f"![{PLOT_TITLES.get(name, name)}]({file})")
+        out.append(f"![{titles.get(name, name)}]({file})")
     return "\n\n".join(out)
+
+
+def _registered(tasks: dict[str, Any]) -> list:
+    """(task, record) for the registered validation tasks (RULER) in the report; a record that does not have the
+    shape its task renders is left out rather than breaking the card (the report was schema-checked when written)."""
+    from ropeconvert.validators.task_registry import in_report
+
+    out = []
+    for task, record in in_report(tasks):
+        try:
+            task.summary(record), task.card(record)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        out.append((task, record))
+    return out
 
 
 def _how_to_run(export: Export, spec: dict[str, Any], repo_id: str) -> str:

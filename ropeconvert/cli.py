@@ -24,6 +24,7 @@ from ropeconvert import __version__
 from ropeconvert.cli_publish_validate import PUBLISH_EXAMPLES, VALIDATE_EXAMPLES, note as _note, publish, validate
 from ropeconvert.cli_search import SEARCH_EXAMPLES, search
 from ropeconvert.errors import RopeConvertError
+from ropeconvert.validators.runtime_check import check_runtimes_command
 
 DEBUG_ENV = "ROPECONVERT_DEBUG"
 CONVERT_EXAMPLES = [
@@ -132,7 +133,7 @@ def convert(
                 f"{[float(f'{g:g}') for g in pm.scales]}, {chosen} per (layer, head); runs in transformers with "
                 "`import ropeconvert` (attn_implementation ropeconvert_dpe)")
         for note in result.notes:  # llama.cpp running an approximation of a position map is a warning
-            say(f"{'warning' if note.startswith('APPROXIMATION') else 'note'}: {note}")
+            say(f"{'warning' if note.startswith(('APPROXIMATION', 'RUNTIME')) else 'note'}: {note}")
         for kind, path in result.outputs.items():
             say(f"wrote {kind.upper()} export: {path}")
     if validate or push is not None:  # --push implies --validate: only validated exports are published
@@ -232,6 +233,7 @@ def verify(export: Path = typer.Argument(..., help="An export directory or .gguf
 app.command(epilog="Examples:\n\n" + "\n\n".join(PUBLISH_EXAMPLES))(publish)
 app.command(epilog="Examples:\n\n" + "\n\n".join(VALIDATE_EXAMPLES))(validate)
 app.command(epilog="Examples:\n\n" + "\n\n".join(SEARCH_EXAMPLES))(search)
+app.command("check-runtimes", epilog="Example:\n\nropeconvert check-runtimes out/smollm2-135m-yarn-16k")(check_runtimes_command)
 
 
 def main() -> None:

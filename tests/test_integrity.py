@@ -69,8 +69,8 @@ def test_verify_ntk_export(tiny_llama, tmp_path):
     assert run_cli(tiny_llama, "-m", "ntk", "-s", "2", "-o", out, "-q").returncode == 0
     assert run_cli("verify", out).returncode == 0
     config = json.loads((out / "config.json").read_text())
+    assert "rope_scaling" not in config  # ntk is plain rope with the new base, no rope dict (issue 18)
     config["rope_theta"] = 10000.0
-    config["rope_scaling"]["rope_theta"] = 10000.0
     (out / "config.json").write_text(json.dumps(config))
     assert "rope differs" in run_cli("verify", out).stdout
 

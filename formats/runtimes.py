@@ -1,0 +1,169 @@
+"""Which runtimes compute an export's rope exactly as transformers does, which need flags, which cannot.
+
+One rule per (runtime, method kind), read from each runtime's own rope and config code at the versions pinned in
+README "Tested versions" (the `source` of each rule names the file and function); tests/test_runtimes.py runs the
+installed ones against transformers on the same positions. Used for the export-time warnings (formats/hf.py), the
+`runtimes` section of ropeconvert.json, the model card's "Runs in" table and `ropeconvert check-runtimes`.
+
+status: "exact" (no flags), "flags" (exact with `flags`), "partial" (runs, differs as `note` says),
+"unsupported" (cannot express it: `note` says what would work there).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ropeconvert.convert.spec import RopeSpec
+
+RUNTIMES = ("transformers", "vllm", "sglang", "mlx-lm", "mistral.rs", "llama.cpp")
+LABELS = {"transformers": "transformers", "vllm": "vLLM", "sglang": "SGLang", "mlx-lm": "mlx-lm",
+          "mistral.rs": "mistral.rs", "llama.cpp": "llama.cpp"}
+
+_VLLM = "vllm/model_executor/layers/rotary_embedding/__init__.py get_rope"
+_VLLM_LEN = "vllm/config/model.py _get_and_verify_max_len"
+_SGL = "sglang/srt/layers/rotary_embedding/factory.py get_rope"
+_SGL_LEN = "sglang/srt/utils/hf_transformers/common.py get_context_length"
+_MLX = "mlx_lm/models/rope_utils.py initialize_rope"
+# its config parser accepts rope_scaling types `llama3`, `linear`, `default` only (its own error message) and
+# takes max_position_embeddings as the longest sequence (Runner.max_sequence_length)
+_MRS = "mistral.rs 0.9.5 llama config deserialisation (the rope_scaling enum), measured by loading exports"
+_LCPP = "llama.cpp convert_hf_to_gguf.py (measured in issue 18); ropeconvert --to gguf: formats/gguf_rope.py"
+
+
+@dataclass(frozen=True)
+class Rule:
+    status: str
+    note: str
+    source: str
+    flags: str = ""
+
+
+def kind(spec: RopeSpec) -> str:
+    """The method kind the rules switch on (never the method's registered name beyond these kinds)."""
+    if spec.position_map is not None:
+        return "position_map"
+    if spec.dynamic_factor is not None:
+        return "dynamic"
+    return spec.method if spec.method in ("linear", "ntk", "yarn", "llama3", "longrope") else "per_pair"
+
+
+def rule(runtime: str, spec: RopeSpec) -> Rule:
+    k, custom_attention = kind(spec), "attention_factor" in spec.params
+    L, N = spec.original_context, spec.target_context
+    if runtime == "transformers":
+        if k == "position_map":
+            return Rule("flags", "runs through ropeconvert's registered attention", "validators/dpe_register.py",
+                        "import ropeconvert")
+        return Rule("exact", "", "transformers/modeling_rope_utils.py ROPE_INIT_FUNCTIONS")
+    if k == "position_map":
+        return Rule("unsupported", "DPE / Self-Extend needs ropeconvert's attention: use transformers", "")
+    if runtime == "vllm":
+        if k == "dynamic":
+            return Rule("unsupported", f"DynamicNTKScalingRotaryEmbedding bakes one {L}-row table at the original "
+                        "base (IndexError past it): use --method ntk or yarn",
+                        _VLLM + " → dynamic_ntk_scaling_rope.py")
+        if k in ("longrope", "per_pair"):
+            same = spec.short_factors is None or tuple(spec.short_factors) == tuple(spec.factors or ())
+            note = "" if same else "uses the long factors at every length (transformers: short ones up to " \
+                                   f"{L} tokens)"
+            return Rule("flags" if same else "partial", note, _VLLM_LEN + "; phi3_long_rope_scaled_rope.py",
+                        f"--max-model-len {N}")
+        return Rule("exact", "", _VLLM + (" + " + _VLLM_LEN if k == "linear" else ""))
+    if runtime == "sglang":
+        if k == "dynamic":
+            return Rule("unsupported", "DynamicNTKScalingRotaryEmbedding uses one fixed NTK base (the target "
+                        "length's) at every length: use --method ntk or yarn", _SGL)
+        if k in ("longrope", "per_pair"):
+            return Rule("partial", "switches to the long factors one token later than transformers",
+                        _SGL + " → Phi3LongRoPEScaledRotaryEmbedding")
+        if k == "yarn" and custom_attention and "mscale" not in _yarn_written(spec):
+            return Rule("partial", "ignores this attention factor (it has no mscale form; SGLang reads attn_factor)",
+                        _SGL + " → YaRNScalingRotaryEmbedding")
+        return Rule("exact", "", _SGL + (" + " + _SGL_LEN if k == "linear" else ""))
+    if runtime == "mlx-lm":
+        if k in ("longrope", "per_pair"):
+            note = f"SuScaledRoPE uses the long factors at every length (transformers: short ones up to {L} tokens)"
+            if custom_attention:
+                note += " and ignores the custom attention factor"
+            return Rule("partial", note, _MLX + " → SuScaledRoPE")
+        if k == "yarn" and custom_attention and "mscale" not in _yarn_written(spec):
+            return Rule("partial", "ignores this attention factor (it has no mscale form)", _MLX + " → YarnRoPE")
+        return Rule("exact", "", _MLX)
+    if runtime == "mistral.rs":
+        if k in ("yarn", "longrope", "per_pair", "dynamic"):
+            alt = "ntk or llama3" if k != "dynamic" else "ntk"
+            return Rule("unsupported", f"refuses rope_scaling type {_hf_type(k)!r} (knows default, linear, llama3): "
+                        f"use --method {alt}", _MRS)
+        if k == "linear":
+            return Rule("partial", f"reads max_position_embeddings ({L}) as its limit: prompts past it are refused",
+                        _MRS)
+        return Rule("exact", "", _MRS)
+    if runtime == "llama.cpp":
+        if k == "dynamic":
+            return Rule("unsupported", "llama.cpp has no dynamic NTK: `--to gguf --static` bakes NTK at the target",
+                        "formats/gguf_rope.py")
+        hf_converter_ok = k in ("linear", "ntk", "llama3") or (k == "yarn" and not _yarn_custom(spec))
+        note = "" if hf_converter_ok else "llama.cpp's own converter mis-writes this rope from the HF export"
+        return Rule("flags", note, _LCPP, "ropeconvert ... --to gguf")
+    raise KeyError(runtime)
+
+
+def _hf_type(k: str) -> str:
+    return "longrope" if k == "per_pair" else k
+
+
+def _yarn_custom(spec: RopeSpec) -> bool:
+    p = spec.params
+    return any(k in p for k in ("attention_factor", "mscale")) or (p.get("beta_fast"), p.get("beta_slow")) != (32.0, 1.0)
+
+
+def _yarn_written(spec: RopeSpec) -> dict[str, Any]:
+    from ropeconvert.formats.hf_config import _yarn_attention_as_mscale
+
+    return _yarn_attention_as_mscale(float(spec.params["attention_factor"]), float(spec.params["factor"]))
+
+
+def runtime_rows(spec: RopeSpec) -> dict[str, dict[str, str]]:
+    """The `runtimes` section of ropeconvert.json."""
+    return {name: asdict(rule(name, spec)) for name in RUNTIMES}
+
+
+def export_warnings(spec: RopeSpec) -> list[str]:
+    """One line per runtime that cannot run this export exactly, naming what would work there (the CLI prints
+    lines starting RUNTIME as warnings)."""
+    out = []
+    for name in RUNTIMES:
+        r = rule(name, spec)
+        if r.status in ("partial", "unsupported"):
+            what = f"cannot run {spec.method}" if r.status == "unsupported" else f"runs {spec.method} differently"
+            out.append(f"RUNTIME: {LABELS[name]} {what} — {r.note}")
+    return out
+
+
+def cell(r: Rule) -> str:
+    """One cell of the model card's and check-runtimes' table."""
+    text = {"exact": "✔ exact", "flags": "✔ with flags", "partial": "≈ differs", "unsupported": "✘ not supported"}
+    out = text[r.status]
+    if r.flags:
+        out += f" `{r.flags}`"
+    return out + (f": {r.note}" if r.note else "")
+
+
+def runs_in_section(spec: dict[str, Any] | None, recorded: dict[str, Any] | None, kind_of_export: str) -> str:
+    """The model card's "Runs in" table: the export's own row of the tested matrix (README "Runtime
+    compatibility"), from the manifest's `runtimes` section when it has one."""
+    if not spec:
+        return ""
+    if kind_of_export == "gguf":
+        rows = [("llama.cpp", "✔ exact: the rope is in the GGUF metadata" if spec.get("position_map") is None
+                 else "≈ a `rope_freqs` approximation of the position map")]
+    else:
+        if not isinstance(recorded, dict) or set(recorded) != set(RUNTIMES):
+            recorded = runtime_rows(RopeSpec.from_dict(spec))
+        rows = [(LABELS[n], cell(Rule(**{k: str(recorded[n].get(k, "")) for k in ("status", "note", "source", "flags")})))
+                for n in RUNTIMES]
+    body = "\n".join(f"| {name} | {text} |" for name, text in rows)
+    return ("## Runs in\n\nWhether each runtime computes this export's rope exactly as transformers does (ropeconvert's "
+            "per-runtime rules, tested against each runtime's own rope code; `ropeconvert check-runtimes DIR` "
+            "measures the ones installed):\n\n"
+            "| runtime | this export |\n|---|---|\n" + body)
