@@ -72,5 +72,6 @@ def test_passkey_fails_unscaled_and_passes_with_yarn(real_report):
 
 def test_real_report_passes_its_checks(real_report):
     checks = {c["name"]: c["passed"] for c in real_report["checks"]}
-    assert checks == {"ppl_finite": True, "ppl_extended_below_base": True, "passkey_not_worse": True}
+    assert checks == {"ppl_finite": True, "ppl_extended_below_base": True, "passkey_not_worse": True,
+                      "extension_measured": True}
     assert real_report["passed"]
