@@ -88,11 +88,7 @@ class _Walk:
         seen: set[str] = set()
         alignment = 32
         for i in range(n_kv):
-            key = self.name(f"metadata key #{i}")
-            label = f"metadata key {printable_name(key, f'#{i}')}"
-            if key in seen:
-                raise _Damage(f"{label} appears twice")
-            seen.add(key)
+            key, label = self.unique_name("metadata key", i, seen)
             vtype = self.u32(label)
             if key == "general.alignment":  # where the tensor data starts depends on it
                 if vtype != _UINT32:
@@ -135,17 +131,22 @@ class _Walk:
             raise _Damage(f"{what} runs past the end of the file")
         self.pos = pos
 
+    def unique_name(self, kind: str, i: int, seen: set[str], entry: str | None = None) -> tuple[str, str]:
+        """The i-th key or tensor name, and how messages call it; a name seen before is damage."""
+        name = self.name(f"{entry or kind} #{i}")
+        label = f"{kind} {printable_name(name, f'#{i}')}"
+        if name in seen:
+            raise _Damage(f"{label} appears twice")
+        seen.add(name)
+        return name, label
+
     def tensors(self, n: int, alignment: int) -> None:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
         seen: set[str] = set()
         spans = []
         for i in range(n):
-            name = self.name(f"tensor info #{i}")
-            label = f"tensor {printable_name(name, f'#{i}')}"
-            if name in seen:
-                raise _Damage(f"{label} appears twice")
-            seen.add(name)
+            name, label = self.unique_name("tensor", i, seen, "tensor info")
             n_dims = self.u32(label)
             if n_dims > _MAX_DIMS:
                 raise _Damage(f"{label} has {n_dims} dimensions; GGUF tensors have at most {_MAX_DIMS}")

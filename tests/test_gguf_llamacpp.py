@@ -29,7 +29,7 @@ from ropeconvert.validators.corpus import load
 from conftest import make_tiny_model
 from helpers import run_cli
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: E402,F401  (make installs it: a missing llama.cpp is a failure, not a skip)
 from ropeconvert.validators.llamacpp import gguf_eval, gguf_info, gguf_tokenize  # noqa: E402
 
 pytestmark = pytest.mark.llamacpp

@@ -29,7 +29,7 @@ from ropeconvert.validators.llamacpp_child import CRASH_HOOK
 from test_malformed_inputs import run_main
 
 pytestmark = pytest.mark.llamacpp
-pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: E402,F401  (make installs it: a missing llama.cpp is a failure, not a skip)
 IDS = list(range(100, 400))
 
 

@@ -98,7 +98,6 @@ def test_every_offline_task_runs_end_to_end(hf_run):
 
 
 def test_gguf_runs_the_same_prompts_in_llamacpp(models, hf_run):
-    pytest.importorskip("llama_cpp")
     base, _, gguf = models
     tasks = ["niah_single_1", "vt", "cwe"]
     code, _, err = cli("validate", gguf, "--base", base, "--tasks", ",".join(tasks), "--lengths", TARGET,
@@ -214,7 +213,6 @@ def test_task_registry_rejects_duplicates_and_finds_ruler():
 
 
 def test_llamacpp_crash_keeps_the_transformers_side(models, monkeypatch):
-    pytest.importorskip("llama_cpp")
     base, _, gguf = models
     monkeypatch.setenv("ROPECONVERT_TEST_LLAMACPP_CRASH", "1")  # the worker segfaults at its first evaluation
     code, _, err = cli("validate", gguf, "--base", base, "--tasks", "vt", "--lengths", TARGET, "--samples", 1, "-q")

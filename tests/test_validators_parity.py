@@ -16,7 +16,7 @@ from ropeconvert.validators import report as R
 from helpers import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.llamacpp
-pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: E402,F401  (make installs it: a missing llama.cpp is a failure, not a skip)
 SHORT = 256
 
 

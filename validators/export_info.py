@@ -101,10 +101,10 @@ def _claims_agree(export: Path, spec, *, config: dict | None = None, reader=None
 def default_base(provenance: dict[str, Any]) -> str:
     """The base to compare with: the alias or Hub id the export was made from (exports record no machine path, so
     an export of a local model needs --base)."""
-    from ropeconvert.formats.source import ALIASES, HUB_ID
+    from ropeconvert.formats.source import is_public_name
 
     for value in (provenance.get("source_name"), provenance.get("base_model"), provenance.get("source")):
-        if isinstance(value, str) and (value in ALIASES or (HUB_ID.match(value) and ".." not in value)):
+        if is_public_name(value):
             return value
     source = provenance.get("source")
     if isinstance(source, str) and source:

@@ -16,6 +16,17 @@ def _pyplot():
     return plt
 
 
+def _finish_curve(fig, ax, ylabel: str, title: str):
+    """The shared frame of a metric-vs-length curve: axis labels, title, legend, light grid."""
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_ppl(t: dict[str, Any], original: int | None, target: int | None = None):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
@@ -31,13 +42,7 @@ def plot_ppl(t: dict[str, Any], original: int | None, target: int | None = None)
     finite = [v for k in ("base", "extended") for v in t[k] if v is not None and math.isfinite(v)]
     if finite and max(finite) / max(min(finite), 1e-9) > 20:
         ax.set_yscale("log")  # an unscaled model's blow-up would otherwise flatten the extended curve
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title("Perplexity vs length")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish_curve(fig, ax, "perplexity (lower is better)", "Perplexity vs length")
 
 
 def plot_passkey(t: dict[str, Any], original: int | None):
@@ -70,13 +75,7 @@ def plot_niah(t: dict[str, Any], original: int | None):
     if original:
         ax.axvline(original, color="grey", linestyle=":", label=f"original context ({original})")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needles recalled (fraction of 4)")
-    ax.set_title("4-needle retrieval")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish_curve(fig, ax, "needles recalled (fraction of 4)", "4-needle retrieval")
 
 
 def figures(tasks: dict[str, Any], original: int | None, target: int | None) -> dict[str, Any]:
