@@ -5,10 +5,12 @@ Generates random llama-config models (bf16, the real SmolLM2 tokenizer, safetens
 child process from the OS):
   - our GGUF export at f16 and q8_0  vs  llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python sdist, same
     out type)  and vs  `cp` of the same bytes;
-  - our HF export (copy + sha256 manifest, and --link)  vs  `cp -r` of the model directory.
+  - our HF export (copy + sha256 manifest, and --link)  vs  `cp -r` of the model directory;
+  - the re-extension of the embedded SmolLM2 Q4_1 GGUF (`--to gguf`)  vs  one GGUFReader open of that file plus a
+    `cp` of it: what a re-extension cannot avoid (parse the header once, copy the bytes), goal ≤ 1.5× their sum.
 Writes bench/out/convert.json; bench/run_all.py turns it into bench/RESULTS.md.
 
-    python bench/convert.py [--sizes 1.5,3] [--repeats 3] [--skip-llamacpp]
+    python bench/convert.py [--sizes 1.5,3] [--repeats 3] [--skip-llamacpp] [--reextend-only]
 """
 from __future__ import annotations
 
@@ -193,17 +195,45 @@ def bench_size(model: Path, repeats: int, skip_llamacpp: bool) -> dict:
     return r
 
 
+def bench_reextend(repeats: int) -> dict:
+    """Re-extension of the embedded GGUF vs one GGUFReader open (a child Python, as the conversion is) + `cp`."""
+    from ropeconvert.formats.source import embedded_gguf
+
+    src, work = embedded_gguf(), OUT / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)  # warm page cache
+    target = work / "reextended.gguf"
+    r = {"source_mib": src.stat().st_size / 2**20,
+         "reextend": median_run([sys.executable, "-m", "ropeconvert", "smollm2-135m", "-m", "yarn", "-s", "2", "-q",
+                                 "--to", "gguf", "-o", str(target)], target, repeats),
+         "gguf_reader_open": median_run([sys.executable, "-c", f"from gguf import GGUFReader; GGUFReader({str(src)!r})"],
+                                        None, repeats),
+         "cp": median_run(["cp", str(src), str(work / "cp.gguf")], work / "cp.gguf", repeats)}
+    anchor = r["gguf_reader_open"]["seconds"] + r["cp"]["seconds"]
+    r["ratio_to_open_plus_cp"] = r["reextend"]["seconds"] / anchor
+    shutil.rmtree(work, ignore_errors=True)
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1.5,3", help="model sizes in GiB")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--reextend-only", action="store_true", help="only the GGUF re-extension against its anchors")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    r = bench_reextend(args.repeats)  # its own file: convert.json holds one entry per model size
+    print(f"re-extension {r['reextend']['seconds']:.2f} s; one GGUFReader open {r['gguf_reader_open']['seconds']:.2f} s "
+          f"+ cp {r['cp']['seconds']:.2f} s; ratio {r['ratio_to_open_plus_cp']:.2f} (goal ≤ 1.5)", flush=True)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "convert-reextend.json").write_text(json.dumps(r, indent=2))
+    if args.reextend_only:
+        return
+    results = {}
     from ropeconvert.formats.source import hf_checkpoint, resolve
 
     tokenizer_dir = hf_checkpoint(resolve("smollm2-135m"), progress=False)
-    results = {}
     for gib in (float(x) for x in args.sizes.split(",")):
         model = make_model(OUT / f"random-llama-{gib:g}gib", gib, tokenizer_dir)
         print(f"== {gib:g} GiB model: {model}", flush=True)

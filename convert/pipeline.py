@@ -1,20 +1,20 @@
-"""One conversion: resolve the source → read its base rope → build the RopeSpec → write the exports.
+"""One `ropeconvert MODEL --method M …` run: convert → validate (if asked) → publish (if asked).
 
-Validation and publishing hook in after the writers (validators/, formats/hub.py); the CLI stays a thin shell over
-`convert()`.
+Convert: resolve the source once (formats/source.py: a Source reads its GGUF, config and base rope once) → build the
+RopeSpec → check every export before the slow work → write. The CLI builds a ConvertOptions (convert/options.py),
+calls `convert(opts)` and only prints the result (`lines()`, or `to_dict()` for --json).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ropeconvert.convert.methods import build_spec
-from ropeconvert.convert.spec import BaseRope, RopeSpec
+from ropeconvert.convert.options import ConvertOptions
+from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.errors import UnsupportedError
-from ropeconvert.formats.gguf_read import existing_scaling, hf_config_from_gguf, open_gguf
-from ropeconvert.formats.hf_config import base_rope_from_config, rope_dict, rope_type
 from ropeconvert.formats.output import check_output, output_group
 from ropeconvert.formats.source import Source, hf_checkpoint, resolve
 
@@ -27,29 +27,129 @@ class ConvertResult:
     source: Source
     outputs: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)  # the validation table lines (--validate, --push)
+    published: list[Any] = field(default_factory=list)  # formats.hub.PublishResult per output (--push)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"published": [r.to_dict() for r in self.published]} if self.published else {}
         return {"source": self.source.origin, "spec": self.spec.to_dict(),
-                "outputs": {k: str(v) for k, v in self.outputs.items()}, "notes": self.notes}
+                "outputs": {k: str(v) for k, v in self.outputs.items()}, "notes": self.notes, **extra}
+
+    def lines(self) -> list[str]:
+        """What the CLI prints: the rope, notes (llama.cpp running an approximation is a warning), the outputs,
+        then validation and publishing."""
+        s = self.spec
+        out = [f"{s.method}: {s.original_context} → {s.target_context} tokens (s = {s.scale:g}), "
+               f"rope_theta {s.rope_theta:g}, attention factor {s.attention_factor:.6g}"]
+        if s.position_map is not None:
+            pm = s.position_map
+            chosen = "all pairs" if pm.selected is None else f"top {int(pm.selected[0, 0].sum())} of {pm.n_pairs} pairs"
+            out.append(f"position map: window {pm.window}, pair groups {list(pm.boundaries)}, scales "
+                       f"{[float(f'{g:g}') for g in pm.scales]}, {chosen} per (layer, head); runs in transformers "
+                       "with `import ropeconvert` (attn_implementation ropeconvert_dpe)")
+        out += [f"{'warning' if n.startswith(('APPROXIMATION', 'RUNTIME')) else 'note'}: {n}" for n in self.notes]
+        out += [f"wrote {kind.upper()} export: {path}" for kind, path in self.outputs.items()]
+        return out + self.validation + [line for r in self.published for line in r.lines()]
 
 
-def base_rope(source: Source, original_context: int | None = None, replace_scaling: bool = False) -> BaseRope:
-    """The source's trained rope; refuses a source that already carries scaling unless told to replace it."""
-    if source.kind == "hf":
-        config = source.config()
-        existing = None if rope_type(config) == "default" else f"{rope_type(config)} rope scaling {_short(rope_dict(config))}"
-    else:
-        reader = open_gguf(source.path)
-        config = hf_config_from_gguf(reader)
-        existing = existing_scaling(reader)
-    base = base_rope_from_config(config, original_context)
-    if existing and not replace_scaling:
-        raise UnsupportedError(
-            f"{source.name} already carries {existing}",
-            f"pass --replace-scaling to replace it (the new method starts from θ={base.rope_theta:g} and the original "
-            f"context {base.original_context}), or start from the base model",
-        )
-    return base
+def convert(opts: ConvertOptions | str, method: str | None = None, *, log: Callable[[str], None] | None = None,
+            say: Callable[[str], None] | None = None, **options: Any) -> ConvertResult:
+    """Convert, then validate (opts.validate or opts.push), then publish (opts.push) if validation passed; `log`
+    receives publishing's progress notes, `say` each result line as soon as its stage is done (so a refused publish
+    still shows the validation that refused it). `convert(model, method, **fields)` is the same as
+    `convert(ConvertOptions(model, method, **fields))`."""
+    o = opts if isinstance(opts, ConvertOptions) else ConvertOptions(opts, method or "", **options)
+    if o.to not in TARGETS:
+        raise UnsupportedError(f"unknown export target {o.to!r}", f"choose one of: {', '.join(TARGETS)}")
+    if o.push is not None:  # refuse a bad repo id or a missing token before the slow part
+        from ropeconvert.formats.hub import preflight
+
+        preflight(o.push)
+    if o.base_model is not None:
+        from ropeconvert.formats.hub import check_repo_id
+
+        check_repo_id(o.base_model)
+    say = say or (lambda line: None)
+    result = export(o)
+    for line in result.lines():
+        say(line)
+    if o.validate or o.push is not None:  # --push implies --validate: only validated exports are published
+        from ropeconvert.validators.command import validate_outputs
+
+        result.validation = validate_outputs(result.outputs, o.model, not o.progress)
+        for line in result.validation:
+            say(line)
+    if o.push is not None:  # publish refuses an export whose validation failed: the card shows the evidence
+        from ropeconvert.formats.hub import publish
+
+        for kind, path in result.outputs.items():
+            repo = o.push + "-GGUF" if kind == "gguf" and len(result.outputs) > 1 else o.push
+            result.published.append(publish(path, repo, private=o.private, progress=o.progress, log=log,
+                                            base_model=o.base_model))
+            for line in result.published[-1].lines():
+                say(line)
+    return result
+
+
+def export(o: ConvertOptions) -> ConvertResult:
+    """The conversion itself: every export is checked (GGUF: rope, shapes, output path) before any is written."""
+    source = resolve(o.model, revision=o.revision, progress=o.progress)
+    base = source.base_rope(o.original_context, o.replace_scaling)
+    knobs = dict(o.knobs or {})
+    if o.method == "dpe" and knobs.get("topk") is not None and knobs.get("dpe_map") is None:
+        from ropeconvert.convert.search.dpe_select import selection_for  # DPE's top-k pairs, measured on the model
+
+        knobs["selected"] = selection_for(source, base, knobs, o.progress)
+    catalog_note = None
+    if o.method == "longrope" and knobs.get("factors") is None:  # published factors for this very model, if any
+        from ropeconvert.convert.catalog import from_catalog
+
+        found = from_catalog(source.config(), knobs, o.original_context)
+        if found is not None:
+            entry, knobs = found
+            base = source.base_rope(entry.original_context, o.replace_scaling)
+            catalog_note = (f"factors from the catalog: {entry.name}, from {entry.source}"
+                            + (f" ({entry.note})" if entry.note else ""))
+    spec = build_spec(o.method, base, **knobs)
+    out = Path(o.out) if o.out is not None else default_out(source, spec, o.to)
+    gguf_out = None if o.to == "hf" else (out if o.to == "gguf" else Path(str(out) + ".gguf"))
+    if o.to != "gguf":  # fail before any slow work; the writers check again (and the source's cached copy)
+        check_output(out, o.force, directory=True, sources=(source.path,))
+    job = None
+    if gguf_out is not None:  # `--to both`: refused before the HF half is written; the rope is computed here once
+        from ropeconvert.formats.gguf import check_gguf, export_gguf
+
+        job = check_gguf(source, spec, gguf_out, outtype=o.outtype, static=o.static, force=o.force)
+    result = ConvertResult(spec, source, notes=[catalog_note] if catalog_note else [])
+    from ropeconvert.formats.hub_base import license_of  # the card carries the base's licence (issue 5)
+
+    provenance = {**source.provenance(), "source_license": license_of(source)}
+    if o.base_model is not None:
+        provenance["base_model"] = o.base_model
+
+    def write_gguf() -> None:
+        path, notes = export_gguf(source, spec, gguf_out, outtype=o.outtype, static=o.static, force=o.force,
+                                  progress=o.progress, job=job,
+                                  provenance={**provenance, "weights_origin": weights_note(source, "gguf", o)})
+        result.outputs["gguf"] = path
+        result.notes += notes
+
+    if o.to == "gguf":
+        write_gguf()
+        return result
+    from ropeconvert.formats.hf import write_hf_export
+
+    # --to both: the two halves are written to temporary paths and put in place together at the end of the group, or
+    # neither is (a failing GGUF half leaves the previous outputs as they were)
+    with output_group():
+        path, notes = write_hf_export(hf_checkpoint(source, o.progress), spec, out, force=o.force, link=o.link,
+                                      progress=o.progress,
+                                      provenance={**provenance, "weights_origin": weights_note(source, "hf", o)})
+        result.outputs["hf"] = path
+        result.notes += notes
+        if gguf_out is not None:
+            write_gguf()
+    return result
 
 
 def default_out(source: Source, spec: RopeSpec, to: str) -> Path:
@@ -59,80 +159,22 @@ def default_out(source: Source, spec: RopeSpec, to: str) -> Path:
     return Path(name + ".gguf" if to == "gguf" else name)
 
 
-def convert(model: str, method: str, *, to: str = "hf", out: Path | None = None, knobs: dict[str, Any] | None = None,
-            original_context: int | None = None, force: bool = False, link: bool = False,
-            replace_scaling: bool = False, revision: str | None = None, progress: bool = True,
-            outtype: str | None = None, static: bool = False, base_model: str | None = None) -> ConvertResult:
-    if to not in TARGETS:
-        raise UnsupportedError(f"unknown export target {to!r}", f"choose one of: {', '.join(TARGETS)}")
-    source = resolve(model, revision=revision, progress=progress)
-    base = base_rope(source, original_context, replace_scaling)
-    knobs = dict(knobs or {})
-    if method == "dpe" and knobs.get("topk") is not None and knobs.get("dpe_map") is None:
-        from ropeconvert.convert.search.dpe_select import selection_for  # DPE's top-k pairs, measured on the model
-
-        knobs["selected"] = selection_for(source, base, knobs, progress)
-    spec = build_spec(method, base, **knobs)
-    out = Path(out) if out is not None else default_out(source, spec, to)
-    gguf_out = None if to == "hf" else (out if to == "gguf" else Path(str(out) + ".gguf"))
-    if to != "gguf":  # fail before any slow work; the writers check again (and the source's cached copy)
-        check_output(out, force, directory=True, sources=(source.path,))
-    result = ConvertResult(spec, source)
-    from ropeconvert.formats.hub_base import license_of_source  # the card carries the base's licence (issue 5)
-
-    provenance = {**source.provenance(), "source_license": license_of_source(source.kind, source.path)}
-    if base_model is not None:
-        provenance["base_model"] = base_model
-    hf_provenance = {**provenance, "weights_origin": weights_note(source, "hf", outtype, link)} if to != "gguf" else {}
-    gguf_provenance = {**provenance, "weights_origin": weights_note(source, "gguf", outtype, link)} if to != "hf" else {}
-    if gguf_out is not None:
-        from ropeconvert.formats.gguf import export_gguf
-
-        path, notes = export_gguf(source, spec, gguf_out, outtype=outtype, static=static, force=force,
-                                  progress=progress, check_only=to == "both",  # both: refuse before the HF write
-                                  provenance=gguf_provenance)
-        if to == "gguf":
-            result.outputs["gguf"], result.notes = path, notes
-            return result
-    from ropeconvert.formats.hf import write_hf_export
-
-    # --to both: the two halves are written to temporary paths and put in place together at the end of the group, or
-    # neither is (a failing GGUF half leaves the previous outputs as they were)
-    with output_group():
-        path, notes = write_hf_export(hf_checkpoint(source, progress), spec, out, force=force, link=link,
-                                      progress=progress, provenance=hf_provenance)
-        result.outputs["hf"] = path
-        result.notes += notes
-        if gguf_out is not None:
-            path, notes = export_gguf(source, spec, gguf_out, outtype=outtype, static=static, force=force,
-                                      progress=progress, provenance=gguf_provenance)
-            result.outputs["gguf"] = path
-            result.notes += notes
-    return result
-
-
-def weights_note(source: Source, kind: str, outtype: str | None, link: bool) -> str:
+def weights_note(source: Source, kind: str, o: ConvertOptions) -> str:
     """Where the export's weights came from, in words, for the card (the truth: the embedded model's HF export holds
     float32 weights dequantized from a Q4_1 GGUF, not the original checkpoint)."""
     if source.kind == "gguf":
         from ropeconvert.formats.inspect import tensor_types
 
-        types = tensor_types(open_gguf(source.path))
+        types = tensor_types(source.reader)
         if kind == "gguf":
             return f"tensor bytes copied unchanged from the source GGUF ({types}); only the rope metadata differs"
         return (f"float32, dequantized from the source GGUF ({types}): as precise as that quantized file, not the "
                 f"original full-precision checkpoint; only the rope configuration differs")
     if kind == "gguf":
-        return f"converted from the source's safetensors to {(outtype or 'f16').upper()} (norms F32)"
-    return ("hard-linked" if link else "copied byte for byte") + \
+        return f"converted from the source's safetensors to {(o.outtype or 'f16').upper()} (norms F32)"
+    return ("hard-linked" if o.link else "copied byte for byte") + \
         " from the source's safetensors; only the rope configuration differs"
 
 
 def _k(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
-
-
-def _short(rope: dict[str, Any]) -> str:
-    keys = ("factor", "original_max_position_embeddings")
-    parts = [f"{k}={rope[k]}" for k in keys if k in rope]
-    return f"({', '.join(parts)})" if parts else ""

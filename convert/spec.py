@@ -15,6 +15,22 @@ import numpy as np
 
 from ropeconvert.errors import SpecError
 
+# The kinds of rope a method can produce (DESIGN.md "Method kinds"). A method declares its kind next to its function
+# (convert/methods/_registry.py); every writer switches on `spec.kind`, never on the method's name.
+THETA = "theta"  # plain rope with a new base (static NTK)
+LINEAR = "linear"  # every pair divided by s (Position Interpolation)
+DYNAMIC = "dynamic"  # base recomputed from the current length
+YARN = "yarn"  # NTK-by-parts ramp + attention temperature
+LONGROPE = "longrope"  # long/short per-pair factor sets
+LLAMA3 = "llama3"  # Llama-3.1 wavelength bands
+PER_PAIR = "per_pair"  # arbitrary per-pair divisors, the same at every length
+POSITION_MAP = "position_map"  # DPE / Self-Extend: positions remapped inside attention
+KINDS = (THETA, LINEAR, DYNAMIC, YARN, LONGROPE, LLAMA3, PER_PAIR, POSITION_MAP)
+# Specs written before specs carried their kind (ropeconvert.json, the GGUF `ropeconvert.spec` key) name only their
+# method: these are the built-in methods' kinds then. Any other spec without a kind is classified by its fields.
+_KIND_BEFORE_KINDS = {"ntk": THETA, "linear": LINEAR, "dynamic": DYNAMIC, "yarn": YARN, "longrope": LONGROPE,
+                      "llama3": LLAMA3, "dpe": POSITION_MAP, "selfextend": POSITION_MAP}
+
 
 @dataclass(frozen=True)
 class BaseRope:
@@ -59,9 +75,11 @@ class RopeSpec:
     params: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the user's knobs, verbatim
     position_map: Any = None  # DPE / Self-Extend map (validators/dpe), None for frequency-only methods
     require_monotone: bool = False
+    kind: str = ""  # one of KINDS (the method's declared kind); "" = worked out (older files, hand-built specs)
 
     def __post_init__(self):
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "kind", self.kind or _KIND_BEFORE_KINDS.get(self.method) or self._kind_of_fields())
         _check_int("target_context", self.target_context, low=2)
         if self.target_context <= self.base.original_context:
             raise SpecError(
@@ -80,6 +98,30 @@ class RopeSpec:
             values = tuple(float(v) for v in values)
             object.__setattr__(self, name, values)
             _check_factor_array(name, values, self.base.n_pairs, self.require_monotone)
+        self._check_kind()
+
+    def _kind_of_fields(self) -> str:
+        if self.position_map is not None:
+            return POSITION_MAP
+        if self.dynamic_factor is not None:
+            return DYNAMIC
+        if self.factors is None:
+            return THETA
+        return PER_PAIR if self.short_factors is None else LONGROPE
+
+    def _check_kind(self) -> None:
+        """A kind promises the fields its writers read: refuse a spec whose fields cannot be written as its kind."""
+        k = self.kind
+        if k not in KINDS:
+            raise SpecError(f"rope kind {k!r} is not one of {', '.join(KINDS)}")
+        wants = {"position_map": k == POSITION_MAP, "dynamic_factor": k == DYNAMIC,
+                 "factors": k not in (THETA, DYNAMIC, POSITION_MAP)}
+        for name, needed in wants.items():
+            if (getattr(self, name) is not None) != needed:
+                raise SpecError(f"a {k} rope {'needs' if needed else 'has no'} {name} (method {self.method!r})")
+        if k == LINEAR and len(set(self.factors)) != 1:
+            raise SpecError(f"a linear rope divides every pair by the same factor (method {self.method!r})",
+                            "declare the method's kind as per_pair")
 
     # ---- derived quantities -------------------------------------------------------------------------------------
     @property

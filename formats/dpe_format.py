@@ -29,13 +29,14 @@ import numpy as np
 
 from ropeconvert.convert.position_map import PositionMap
 from ropeconvert.errors import InputError, SpecError, UnsupportedError
+from ropeconvert.formats.gguf_keys import Keys, RopeTensors
 
 CONFIG_KEY = "dpe"
 FORMAT = "ropeconvert.dpe/1"
 INDEX_MAP_FILE = "dpe_index_map.safetensors"
 INDEX_TENSOR = "selected"
 ATTN_NAME = "ropeconvert_dpe"  # = validators.dpe_register.ATTN_NAME (kept import-free here; a test ties them)
-GGUF_PREFIX = "ropeconvert.dpe."
+GGUF_PREFIX = Keys.DPE_PREFIX
 GGUF_KEYS = tuple(GGUF_PREFIX + k for k in ("method", "window", "group_boundaries", "scales", "selected_shape",
                                              "selected", "approximation"))
 MAJORITY = 0.5  # a pair enters rope_freqs when selected in at least this share of (layer, head) slots
@@ -148,7 +149,6 @@ def gguf_parts(spec, arch: str, per_pair: str | None) -> tuple[dict[str, np.ndar
     if per_pair != "rope_freqs":
         raise UnsupportedError(f"{arch} GGUFs cannot carry the {spec.method} approximation: it needs a rope_freqs "
                                "tensor, which only the llama architecture family loads", "export --to hf")
-    from ropeconvert.formats.gguf_rope import FREQS
 
     pm: PositionMap = spec.position_map
     f = approx_freq_factors(pm)
@@ -160,7 +160,7 @@ def gguf_parts(spec, arch: str, per_pair: str | None) -> tuple[dict[str, np.ndar
     note = (f"APPROXIMATION: llama.cpp cannot run {spec.method} exactly; this GGUF carries rope_freqs "
             f"(min {f.min():g}, max {f.max():g}, {int((f != 1).sum())}/{f.size} pairs rescaled, no local window). "
             "The exact map is in the ropeconvert.dpe.* metadata; run the HF export with transformers for the method")
-    return {FREQS: f}, {GGUF_PREFIX + k: v for k, v in meta.items()}, (note,)
+    return {RopeTensors.FREQS: f}, {GGUF_PREFIX + k: v for k, v in meta.items()}, (note,)
 
 
 def add_gguf_metadata(writer, metadata: dict[str, Any]) -> None:

@@ -25,14 +25,16 @@ import numpy as np
 from gguf import GGUFWriter
 
 from ropeconvert.errors import InputError, RopeConvertError
+from ropeconvert.formats.export import BadSpec, Export
+from ropeconvert.formats.gguf_keys import PROVENANCE, Keys
 from ropeconvert.formats.gguf_read import ROPE_TENSORS, field, gguf_arch, open_gguf
 from ropeconvert.formats.safe_io import open_regular
 
-DIGEST_KEY = "ropeconvert.sha256"  # the whole file, read with this value as the placeholder
-LEGACY_DIGEST_KEY = "ropeconvert.tensor_data_sha256"  # older exports: every byte after this value only
+DIGEST_KEY = Keys.SHA256  # the whole file, read with this value as the placeholder
+LEGACY_DIGEST_KEY = Keys.LEGACY_SHA256  # older exports: every byte after this value only
 PLACEHOLDER = "0" * 64
 # where the export came from: identity only (Hub id and revision, or a local file's name and sha256), never a path
-PROVENANCE_KEYS = ("source", "source_name", "source_revision", "source_license", "base_model", "source_sha256", "weights_origin")
+PROVENANCE_KEYS = tuple(PROVENANCE)
 CHUNK = 16 * 1024 * 1024
 HEAD_SCAN = 1 << 20  # the digest key comes right after the architecture: well inside the first MiB
 
@@ -41,10 +43,10 @@ def add_provenance(writer: GGUFWriter, provenance: dict[str, Any] | None) -> Non
     """The digest placeholder (call this first, so the digest covers every later key), then where the export came
     from (read by the model card and verify)."""
     writer.add_string(DIGEST_KEY, PLACEHOLDER)
-    for key in PROVENANCE_KEYS:
-        value = (provenance or {}).get(key)
+    for name, key in PROVENANCE.items():
+        value = (provenance or {}).get(name)
         if value:  # the licence is a dict (id, name, link): JSON, so the card can read it back
-            writer.add_string(f"ropeconvert.{key}", json.dumps(value) if isinstance(value, dict) else str(value))
+            writer.add_string(key, json.dumps(value) if isinstance(value, dict) else str(value))
 
 
 def _digest_at(path: Path, key: str = DIGEST_KEY) -> int | None:
@@ -78,15 +80,14 @@ def seal(path: Path) -> str:
     return digest
 
 
-def digest_header(path: Path):
+def digest_header(path: Path, hash_prefix: bool = True):
     """(offset of the digest value, sha256 of the file from its first byte, placeholder included, up to its end as it
-    is now). The GGUF exporter calls this after the tensor infos and feeds the tensor data to the hasher as it
-    writes it, so the data is never read back."""
+    is now — None without hash_prefix)."""
     value_at = _digest_at(path)
     with open(path, "rb") as f:
         if value_at is None or (f.seek(value_at), f.read(64))[1] != PLACEHOLDER.encode():
             raise RuntimeError(f"{path}: digest placeholder not found")  # a bug in the writer, not bad input
-    return value_at, _hash_after(path, 0)
+    return value_at, _hash_after(path, 0) if hash_prefix else None
 
 
 def check_seal(path: Path) -> tuple[bool | None, bool]:
@@ -120,11 +121,18 @@ def write_digest(path: Path, value_at: int, digest: str) -> None:
         out.write(digest.encode())
 
 
-def verify_gguf(path: Path, source: Path | None = None) -> tuple[list[str], list[str]]:
-    """(problems, checks done) for a GGUF export; no problems means intact. A re-extended export's tensor bytes are
-    compared with `source`, or with the embedded model when that is the source it names."""
-    from ropeconvert.formats.gguf_rope import spec_from_gguf
+def write_seal(path: Path, digest: str) -> None:
+    """Write `digest` (the sha256 of the file as written, placeholder in) over the placeholder: the GGUF writer
+    hashes while it writes (formats/gguf_writer.py), so the file is not read back."""
+    write_digest(path, digest_header(path, hash_prefix=False)[0], digest)
 
+
+def verify_gguf(path: Path | Export, source: Path | None = None) -> tuple[list[str], list[str]]:
+    """(problems, checks done) for a GGUF export (a path, or an Export already open: its reader is reused); no
+    problems means intact. A re-extended export's tensor bytes are compared with `source`, or with the embedded
+    model when that is the source it names."""
+    export = path if isinstance(path, Export) else Export("gguf", Path(path))  # a damaged magic is a change too
+    path = export.path
     problems, done = [], []
     intact, legacy = check_seal(path)  # first, from the raw bytes: it holds even when the header no longer parses
     if intact is None:
@@ -139,10 +147,10 @@ def verify_gguf(path: Path, source: Path | None = None) -> tuple[list[str], list
     else:
         done.append("sha256 of metadata and tensor data ok (the whole file, header included)")
     try:
-        reader = open_gguf(path)
+        reader = export.reader
     except InputError as e:
         return problems + [f"the file no longer reads as GGUF: {e.problem}"], done
-    named = field(reader, "ropeconvert.source_name")
+    named = field(reader, Keys.Source.NAME)
     if source is None and isinstance(named, str):
         from ropeconvert.formats.source import ALIASES, EMBEDDED, embedded_gguf
 
@@ -150,17 +158,17 @@ def verify_gguf(path: Path, source: Path | None = None) -> tuple[list[str], list
             source = embedded_gguf()
     try:
         arch = gguf_arch(reader)
-        spec = spec_from_gguf(reader)
+        spec = export.spec
+    except BadSpec:
+        return problems + [f"its {Keys.SPEC} metadata is no longer a valid spec"], done
     except RopeConvertError as e:  # an edited architecture or spec key: a change like any other
         return problems + [f"the file no longer reads as a ropeconvert export: {e.problem}"], done
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return problems + ["its ropeconvert.spec metadata is no longer a valid spec"], done
     if spec is None:
-        problems.append("no ropeconvert.spec key: cannot check the rope")
+        problems.append(f"no {Keys.SPEC} key: cannot check the rope")
     else:
-        problems, done = _check_rope(reader, spec, arch, problems, done)
+        problems, done = _check_rope(export, spec, arch, problems, done)
     if source is not None:  # `verify --source FILE`: the GGUF it was re-extended from (the export records no path)
-        recorded = field(reader, "ropeconvert.source_sha256")
+        recorded = field(reader, Keys.Source.SHA256)
         if recorded and _hash_after(Path(source), 0).hexdigest() != recorded:
             problems.append(f"{Path(source).name} is not the file this export was made from (sha256 differs)")
         else:
@@ -171,12 +179,14 @@ def verify_gguf(path: Path, source: Path | None = None) -> tuple[list[str], list
     return problems, done
 
 
-def _check_rope(reader, spec, arch: str, problems: list[str], done: list[str]) -> tuple[list[str], list[str]]:
-    from ropeconvert.formats.gguf_rope import gguf_rope, read_rope
+def _check_rope(export: Export, spec, arch: str, problems: list[str], done: list[str]) -> tuple[list[str], list[str]]:
+    """The rope keys and tensors as written against what gguf_rope prescribes for the spec, key by key (so the
+    problem names the key that changed; formats/export.py `same_rope` compares specs, not keys)."""
+    from ropeconvert.formats.gguf_rope import gguf_rope
 
     try:
         expected = gguf_rope(spec, arch, static=spec.dynamic_factor is not None)
-        written = read_rope(reader)
+        written = export.rope
     except RopeConvertError as e:  # e.g. an architecture edited into one that cannot carry this rope
         return problems + [f"the rope cannot be checked: {e.problem}"], done
     except (TypeError, ValueError, ZeroDivisionError):  # a rope key removed or retyped

@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import Keys
 
 from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.formats.archs import ARCHS
 from ropeconvert.formats.gguf_header import check_header, printable_name as _label
+from ropeconvert.formats.gguf_keys import RopeTensors
+from ropeconvert.formats.gguf_stream import unpermute
 from ropeconvert.formats.safe_io import open_regular
 
 GGUF_MAGIC = b"GGUF"
-HF_ARCH = {  # GGUF arch → (HF model_type, HF class)
-    "llama": ("llama", "LlamaForCausalLM"),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-    "phi3": ("phi3", "Phi3ForCausalLM"),
-}
 _LAYER = {  # GGUF per-block tensor → HF module path under model.layers.N
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -35,7 +33,7 @@ _LAYER = {  # GGUF per-block tensor → HF module path under model.layers.N
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+ROPE_TENSORS = RopeTensors.ALL  # the old name, for the readers that import it from here
 SHARD_BYTES = 2 * 1024**3
 
 
@@ -76,9 +74,9 @@ def open_gguf(path: Path):
     return reader
 
 
-# One run reads its source GGUF in several places (resolve, base rope, export checks, provenance), and gguf's reader
-# takes seconds per 49k-token vocabulary each time (a re-extension test went from 94 s to 9 s): the last reader is
-# kept, by file identity. It is a read-only shared map, so an edit in place is seen through it; any rewrite changes
+# gguf's reader takes seconds per 49k-token vocabulary. A conversion keeps its source's reader (Source.reader); the
+# last reader opened here is kept too, by file identity, for resolve's peek and for commands that read a file in
+# several places (verify, inspect, validate). It is a read-only shared map, so an edit in place is seen through it; any rewrite changes
 # the size, inode or mtime, hence the key.
 _READERS: dict[tuple, Any] = {}
 
@@ -95,10 +93,10 @@ def field(reader, key: str, default: Any = None) -> Any:
 
 def gguf_arch(reader) -> str:
     arch = field(reader, "general.architecture")
-    if not isinstance(arch, str) or arch not in HF_ARCH:
+    if not isinstance(arch, str) or arch not in ARCHS:
         from ropeconvert.formats.config_check import show
 
-        raise UnsupportedError(f"unsupported GGUF architecture {show(arch)}", f"supported: {', '.join(HF_ARCH)}")
+        raise UnsupportedError(f"unsupported GGUF architecture {show(arch)}", f"supported: {', '.join(ARCHS)}")
     return arch
 
 
@@ -108,38 +106,39 @@ def hf_config_from_gguf(reader) -> dict[str, Any]:
     from ropeconvert.formats.config_check import MAX_CONTEXT, check_config
 
     arch = gguf_arch(reader)
-    model_type, cls = HF_ARCH[arch]
+    model_type, cls = ARCHS[arch].model_type, ARCHS[arch].hf_class
+    A, L = Keys.Attention, Keys.LLM
 
     def count(key: str, default: Any = None, most: int = 1 << 26, least: int = 1) -> int:
-        return _gguf_int(reader, f"{arch}.{key}", default, most, least)
+        return _gguf_int(reader, key.format(arch=arch), default, most, least)  # key: a gguf.Keys template
 
     names = {t.name for t in reader.tensors}
-    heads, hidden = count("attention.head_count", most=1 << 14), count("embedding_length", most=1 << 20)
-    kv_heads = count("attention.head_count_kv", heads, most=heads)
+    heads, hidden = count(A.HEAD_COUNT, most=1 << 14), count(L.EMBEDDING_LENGTH, most=1 << 20)
+    kv_heads = count(A.HEAD_COUNT_KV, heads, most=heads)
     if heads % kv_heads:
         raise InputError(f"GGUF metadata: {arch}.attention.head_count {heads} is not a multiple of "
                          f"{arch}.attention.head_count_kv {kv_heads}", "the file is damaged; re-export it")
-    head_dim = count("attention.key_length", hidden // heads or None, most=1 << 14)
-    n_rot = count("rope.dimension_count", head_dim, most=head_dim)
+    head_dim = count(A.KEY_LENGTH, hidden // heads or None, most=1 << 14)
+    n_rot = count(Keys.Rope.DIMENSION_COUNT, head_dim, most=head_dim)
     if n_rot % 2 or head_dim % 2:
         raise InputError(f"GGUF metadata: head size {head_dim} / rope.dimension_count {n_rot} must be even",
                          "the file is damaged; re-export it")
-    orig = count("rope.scaling.original_context_length", 0, most=MAX_CONTEXT, least=0) or \
-        count("context_length", most=MAX_CONTEXT)
+    orig = count(Keys.Rope.SCALING_ORIG_CTX_LEN, 0, most=MAX_CONTEXT, least=0) or \
+        count(L.CONTEXT_LENGTH, most=MAX_CONTEXT)
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = count("vocab_size", len(tokens.data) if tokens is not None else None)
+    vocab = count(L.VOCAB_SIZE, len(tokens.data) if tokens is not None else None)
     config = {
         "architectures": [cls], "model_type": model_type, "hidden_size": hidden,
-        "intermediate_size": count("feed_forward_length", most=1 << 22), "num_hidden_layers": count("block_count", most=1 << 14),
+        "intermediate_size": count(L.FEED_FORWARD_LENGTH, most=1 << 22), "num_hidden_layers": count(L.BLOCK_COUNT, most=1 << 14),
         "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
-        "rms_norm_eps": _gguf_number(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, 0.0),
-        "rope_theta": _gguf_number(reader, f"{arch}.rope.freq_base", 10000.0, 1.0), "max_position_embeddings": orig,
-        "vocab_size": vocab, "tie_word_embeddings": "output.weight" not in names, "hidden_act": "silu",
-        "torch_dtype": "float32",
+        "rms_norm_eps": _gguf_number(reader, A.LAYERNORM_RMS_EPS.format(arch=arch), 1e-6, 0.0),
+        "rope_theta": _gguf_number(reader, Keys.Rope.FREQ_BASE.format(arch=arch), 10000.0, 1.0),
+        "max_position_embeddings": orig, "vocab_size": vocab, "tie_word_embeddings": "output.weight" not in names,
+        "hidden_act": "silu", "torch_dtype": "float32",
     }
     if n_rot != head_dim:
         config["partial_rotary_factor"] = n_rot / head_dim
-    if arch == "llama":
+    if arch == "llama":  # the keys transformers' Llama config has and the others lack
         config.update(attention_bias="blk.0.attn_q.bias" in names, mlp_bias=False)
     for key, hf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
         if field(reader, f"tokenizer.ggml.{key}") is not None:
@@ -171,9 +170,9 @@ def _gguf_number(reader, key: str, default: float, above: float) -> float:
 
 def existing_scaling(reader) -> str | None:
     """A description of the rope scaling a GGUF already carries, or None for plain RoPE."""
-    arch = field(reader, "general.architecture")
-    kind = field(reader, f"{arch}.rope.scaling.type")
-    factor = field(reader, f"{arch}.rope.scaling.factor") or field(reader, f"{arch}.rope.scale_linear")
+    arch = field(reader, Keys.General.ARCHITECTURE)
+    kind = field(reader, Keys.Rope.SCALING_TYPE.format(arch=arch))
+    factor = field(reader, Keys.Rope.SCALING_FACTOR.format(arch=arch)) or field(reader, f"{arch}.rope.scale_linear")
     from ropeconvert.formats.config_check import show
 
     tensors = [t.name for t in reader.tensors if t.name in ROPE_TENSORS]
@@ -202,17 +201,11 @@ def hf_name(gguf_name: str) -> str | None:
                            "only llama/qwen2/qwen3/phi3 layouts are supported")
 
 
-def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of llama.cpp's Q/K permute (rotate-half ← interleaved), along the output dimension."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def dequantized_tensors(reader, config: dict[str, Any]):
     """(hf_name, float32 array) for every weight, one at a time."""
     from gguf import quants
 
-    arch = field(reader, "general.architecture")
+    permute = ARCHS[gguf_arch(reader)].permute_qk
     for t in reader.tensors:
         name = hf_name(t.name)
         if name is None:
@@ -223,9 +216,9 @@ def dequantized_tensors(reader, config: dict[str, Any]):
             raise UnsupportedError(f"GGUF tensor {_label(t.name, 'of the file')} uses {t.tensor_type.name}, which the "
                                    "gguf package cannot dequantize") from None
         heads = None
-        if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+        if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
             heads = config["num_attention_heads"]
-        elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+        elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
             heads = config["num_key_value_heads"]
         if heads is not None:
             if arr.ndim == 0 or arr.shape[0] % (2 * heads) or not arr.size:
@@ -235,12 +228,13 @@ def dequantized_tensors(reader, config: dict[str, Any]):
         yield name, arr
 
 
-def write_hf_from_gguf(path: Path, out_dir: Path, progress: bool = True) -> None:
-    """Dequantize a GGUF into `out_dir` (config, safetensors shards, tokenizer). `out_dir` must exist and be empty."""
+def write_hf_from_gguf(path: Path, out_dir: Path, progress: bool = True, reader=None) -> None:
+    """Dequantize a GGUF into `out_dir` (config, safetensors shards, tokenizer). `out_dir` must exist and be empty.
+    `reader`: the file's reader when the caller has it open already (formats/source.py's Source)."""
     import torch
     from tqdm import tqdm
 
-    reader = open_gguf(path)
+    reader = reader if reader is not None else open_gguf(path)
     config = hf_config_from_gguf(reader)
     shards: list[dict[str, Any]] = [{}]
     size = 0

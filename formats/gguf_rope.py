@@ -1,23 +1,25 @@
 """THE one place that maps a RopeSpec to GGUF rope metadata and rope tensors (and reads them back).
 
-What llama.cpp does with each key is in reference/ecosystem.md §2.1-2.4; every rule below was checked against the
-llama.cpp tree vendored in llama-cpp-python 0.3.36 (src/llama-model.cpp `load_hparams` and `get_rope_factors`,
-src/llama-context.cpp context setup, src/models/{llama,qwen2,qwen3,phi3}.cpp, ggml-cpu `rope_yarn`):
+One writer per rope kind (`spec.kind`, convert/spec.py KINDS; never the method's name), and what each GGUF arch's
+graph can load from formats/archs.py. What llama.cpp does with each key is in reference/ecosystem.md §2.1-2.4; every
+rule below was checked against the llama.cpp tree vendored in llama-cpp-python 0.3.36 (src/llama-model.cpp
+`load_hparams` and `get_rope_factors`, src/llama-context.cpp context setup, src/models/{llama,qwen2,qwen3,phi3}.cpp,
+ggml-cpu `rope_yarn`):
 
 - `context_length` is what llama.cpp reports as the trained context (n_ctx_train): always the target.
 - `rope.scaling.original_context_length` feeds the YaRN ramp and the long/short choice: always the original.
 - linear: type linear + factor (ggml multiplies positions by 1/factor).
-- ntk, and dynamic with --static (baked at the target length): a new `rope.freq_base`.
+- theta (ntk), and dynamic with --static (baked at the target length): a new `rope.freq_base`.
 - yarn with the default betas 32/1: type yarn + factor. With YaRN active llama.cpp forces its own attention factor
   0.1·ln s + 1 and then multiplies by `rope.scaling.attn_factor`, so a spec attention factor A is written as
   A / (0.1·ln s + 1). GGUF betas are read only by grok/mistral3, so other betas are baked into per-pair factors.
 - longrope: `rope_factors_long/short` + type longrope + attn_factor (no YaRN, so the magnitude is attn_factor as is).
   llama.cpp picks long vs short from the *allocated* context per sequence (n_ctx_seq > original), not from the
   length of the text as transformers does.
-- llama3, and yarn with custom betas: per-pair divisors of θ_i, as `rope_freqs` (llama) or as equal long and short
-  factors (phi3, which loads no `rope_freqs`), with no scaling type so nothing is applied twice.
+- llama3, per_pair, and yarn with custom betas: per-pair divisors of θ_i, as `rope_freqs` (llama) or as equal long
+  and short factors (phi3, which loads no `rope_freqs`), with no scaling type so nothing is applied twice.
 - qwen2/qwen3 pass no factor tensor to ggml_rope_ext: only freq_base, linear and YaRN with default betas exist there.
-- dpe/selfextend (position maps) cannot be expressed at all: formats/dpe_format.py writes the exact map as
+- position maps (dpe, selfextend) cannot be expressed at all: formats/dpe_format.py writes the exact map as
   `ropeconvert.dpe.*` metadata and a labelled `rope_freqs` approximation (llama arch only).
 """
 from __future__ import annotations
@@ -25,29 +27,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-from gguf import GGUFWriter, Keys, MODEL_TENSOR, RopeScalingType, TENSOR_NAMES
+from gguf import GGUFWriter, Keys, RopeScalingType
 
-from ropeconvert.convert.spec import RopeSpec
+from ropeconvert.convert.spec import (DYNAMIC, LINEAR, LLAMA3, LONGROPE, PER_PAIR, POSITION_MAP, THETA, YARN,
+                                      RopeSpec)
 from ropeconvert.errors import UnsupportedError
+from ropeconvert.formats import dpe_format
+from ropeconvert.formats.archs import ARCHS, Arch
+from ropeconvert.formats.gguf_keys import Keys as RcKeys, RopeTensors
 
-FREQS = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
-LONG = TENSOR_NAMES[MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight"
-SHORT = TENSOR_NAMES[MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight"
-ROPE_TENSOR_NAMES = (FREQS, LONG, SHORT)
-SPEC_KEY = "ropeconvert.spec"  # the whole RopeSpec as JSON, so validators can rebuild it from the file alone
+# the names other modules imported from here before formats/gguf_keys.py existed
+FREQS, LONG, SHORT, ROPE_TENSOR_NAMES = RopeTensors.FREQS, RopeTensors.LONG, RopeTensors.SHORT, RopeTensors.ALL
+SPEC_KEY = RcKeys.SPEC
+SCALE_LINEAR = "{arch}.rope.scale_linear"  # the older linear-factor key llama.cpp still reads (not in gguf.Keys)
 DEFAULT_BETAS = (32.0, 1.0)  # llama.cpp's hparams defaults; its GGUF beta keys are ignored for these archs
-
-# what each supported GGUF arch can load (ecosystem.md §2.3)
-PER_PAIR = {"llama": "rope_freqs", "phi3": "long_short", "qwen2": None, "qwen3": None}
-ARCH_METHODS = {
-    "llama": "linear, ntk, yarn, longrope, llama3, dynamic --static",
-    "phi3": "linear, ntk, yarn, longrope, llama3, dynamic --static",
-    "qwen2": "linear, ntk, yarn (default betas 32/1), dynamic --static",
-    "qwen3": "linear, ntk, yarn (default betas 32/1), dynamic --static",
-}
 
 
 @dataclass(frozen=True)
@@ -68,51 +64,76 @@ class GgufRope:
 
 def gguf_rope(spec: RopeSpec, arch: str, static: bool = False) -> GgufRope:
     """How `spec` is written for `arch`; raises UnsupportedError (naming the arch and what it takes) when it can't be."""
-    if arch not in PER_PAIR:
-        raise UnsupportedError(f"GGUF architecture {arch!r} is not supported for export", f"supported: {', '.join(PER_PAIR)}")
+    if arch not in ARCHS:
+        raise UnsupportedError(f"GGUF architecture {arch!r} is not supported for export", f"supported: {', '.join(ARCHS)}")
     common = dict(context_length=spec.target_context, original_context=spec.original_context,
                   dimension_count=spec.base.rotary_dim, freq_base=float(spec.rope_theta))
-    if spec.position_map is not None:  # DPE / Self-Extend: exact map as metadata + a rope_freqs approximation
-        from ropeconvert.formats.dpe_format import gguf_parts
+    return _WRITERS[spec.kind](spec, ARCHS[arch], static, common)
 
-        tensors, metadata, notes = gguf_parts(spec, arch, PER_PAIR[arch])
-        return GgufRope(**common, tensors=tensors, metadata=metadata, notes=notes)
+
+def _theta(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:
+    return GgufRope(**common, attn_factor=_unless_one(spec.attention_factor))
+
+
+def _linear(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:
+    return GgufRope(**common, scaling_type=RopeScalingType.LINEAR.value, scaling_factor=float(spec.scale),
+                    attn_factor=_unless_one(spec.attention_factor))
+
+
+def _dynamic(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:
+    if not static:
+        raise UnsupportedError(
+            "llama.cpp has no dynamic NTK: a GGUF cannot recompute the base per length",
+            "pass --static to bake NTK at the target length (a new rope.freq_base), or use --method ntk / yarn")
+    # the base transformers' dynamic NTK uses at the target length, read back from the spec's own frequencies
+    theta = float(spec.inv_freq(spec.target_context)[1] ** (-spec.base.rotary_dim / 2))
+    return GgufRope(**{**common, "freq_base": theta},
+                    notes=(f"dynamic NTK baked at {spec.target_context} tokens: rope.freq_base {theta:.6g} at every length",))
+
+
+def _yarn(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:
     s, A = spec.scale, spec.attention_factor
-    if spec.dynamic_factor is not None:
-        if not static:
-            raise UnsupportedError(
-                "llama.cpp has no dynamic NTK: a GGUF cannot recompute the base per length",
-                "pass --static to bake NTK at the target length (a new rope.freq_base), or use --method ntk / yarn")
-        # the base transformers' dynamic NTK uses at the target length, read back from the spec's own frequencies
-        theta = float(spec.inv_freq(spec.target_context)[1] ** (-spec.base.rotary_dim / 2))
-        return GgufRope(**{**common, "freq_base": theta},
-                        notes=(f"dynamic NTK baked at {spec.target_context} tokens: rope.freq_base {theta:.6g} at every length",))
-    if spec.method == "ntk" or spec.factors is None:
-        return GgufRope(**common, attn_factor=_unless_one(A))
-    if spec.method == "linear":
-        return GgufRope(**common, scaling_type=RopeScalingType.LINEAR.value, scaling_factor=float(s),
-                        attn_factor=_unless_one(A))
     betas = (float(spec.params.get("beta_fast", 32.0)), float(spec.params.get("beta_slow", 1.0)))
-    if spec.method == "yarn" and betas == DEFAULT_BETAS:
+    if betas == DEFAULT_BETAS:
         return GgufRope(**common, scaling_type=RopeScalingType.YARN.value, scaling_factor=float(s),
                         attn_factor=_unless_one(A / (1.0 + 0.1 * math.log(s))))
-    if spec.method == "longrope":
-        _need_per_pair(arch, "longrope")
-        short = spec.short_factors or (1.0,) * spec.base.n_pairs
-        return GgufRope(**common, scaling_type=RopeScalingType.LONGROPE.value, attn_factor=_unless_one(A),
-                        tensors={LONG: _f32(spec.factors), SHORT: _f32(short)},
-                        notes=("llama.cpp applies the long factors when the allocated context per sequence (-c / "
-                               f"n_parallel) exceeds {spec.original_context}, and the short ones otherwise, whatever "
-                               "the length of the text",))
-    # every other static per-pair method (llama3; yarn with custom betas): divisors of the original θ_i
-    what = "yarn with custom betas" if spec.method == "yarn" else spec.method
-    _need_per_pair(arch, what)
+    note = (f"beta_fast/beta_slow {betas[0]:g}/{betas[1]:g} baked as per-pair factors (llama.cpp ignores GGUF betas "
+            f"for {arch.gguf}); they apply at every length")
+    return _per_pair(spec, arch, static, common, what="yarn with custom betas", notes=(note,))
+
+
+def _longrope(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:
+    _need_per_pair(arch, LONGROPE)
+    short = spec.short_factors or (1.0,) * spec.base.n_pairs
+    return GgufRope(**common, scaling_type=RopeScalingType.LONGROPE.value, attn_factor=_unless_one(spec.attention_factor),
+                    tensors={LONG: _f32(spec.factors), SHORT: _f32(short)},
+                    notes=("llama.cpp applies the long factors when the allocated context per sequence (-c / "
+                           f"n_parallel) exceeds {spec.original_context}, and the short ones otherwise, whatever "
+                           "the length of the text",))
+
+
+def _per_pair(spec: RopeSpec, arch: Arch, static: bool, common: dict, what: str | None = None,
+              notes: tuple[str, ...] = ()) -> GgufRope:
+    """Static per-pair divisors of the original θ_i (llama3, per_pair, yarn with custom betas): `rope_freqs` where
+    the graph loads it, else equal long and short factors, with no scaling type so nothing is applied twice."""
+    _need_per_pair(arch, what or spec.method)
     f = _f32(spec.freq_factors(spec.target_context))
-    notes = ((f"beta_fast/beta_slow {betas[0]:g}/{betas[1]:g} baked as per-pair factors (llama.cpp ignores GGUF betas "
-              f"for {arch}); they apply at every length",) if spec.method == "yarn" else ())
-    tensors = {FREQS: f} if PER_PAIR[arch] == "rope_freqs" else {LONG: f, SHORT: f.copy()}
-    kind = RopeScalingType.NONE if PER_PAIR[arch] == "rope_freqs" else RopeScalingType.LONGROPE
-    return GgufRope(**common, scaling_type=kind.value, attn_factor=_unless_one(A), tensors=tensors, notes=notes)
+    tensors = {FREQS: f} if arch.per_pair == "rope_freqs" else {LONG: f, SHORT: f.copy()}
+    kind = RopeScalingType.NONE if arch.per_pair == "rope_freqs" else RopeScalingType.LONGROPE
+    return GgufRope(**common, scaling_type=kind.value, attn_factor=_unless_one(spec.attention_factor), tensors=tensors,
+                    notes=notes)
+
+
+def _position_map(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:
+    """DPE / Self-Extend: the exact map as metadata + a rope_freqs approximation (formats/dpe_format.py)."""
+    tensors, metadata, notes = dpe_format.gguf_parts(spec, arch.gguf, arch.per_pair)
+    return GgufRope(**common, tensors=tensors, metadata=metadata, notes=notes)
+
+
+_WRITERS: dict[str, Callable[[RopeSpec, Arch, bool, dict], GgufRope]] = {
+    THETA: _theta, LINEAR: _linear, DYNAMIC: _dynamic, YARN: _yarn, LONGROPE: _longrope, LLAMA3: _per_pair,
+    PER_PAIR: _per_pair, POSITION_MAP: _position_map,
+}
 
 
 def add_rope(writer: GGUFWriter, rope: GgufRope, spec: RopeSpec | None = None) -> None:
@@ -129,9 +150,7 @@ def add_rope(writer: GGUFWriter, rope: GgufRope, spec: RopeSpec | None = None) -
     if spec is not None:
         writer.add_string(SPEC_KEY, json.dumps(spec.to_dict(), separators=(",", ":")))
     if rope.metadata:
-        from ropeconvert.formats.dpe_format import add_gguf_metadata
-
-        add_gguf_metadata(writer, rope.metadata)
+        dpe_format.add_gguf_metadata(writer, rope.metadata)
 
 
 def rope_key_names(arch: str) -> set[str]:
@@ -140,13 +159,13 @@ def rope_key_names(arch: str) -> set[str]:
     keys = {k.FREQ_BASE, k.SCALING_TYPE, k.SCALING_FACTOR, k.SCALING_ATTN_FACTOR, k.SCALING_ORIG_CTX_LEN,
             k.SCALING_FINETUNED, k.SCALING_YARN_LOG_MUL, k.SCALING_YARN_EXT_FACTOR, k.SCALING_YARN_ATTN_FACTOR,
             k.SCALING_YARN_BETA_FAST, k.SCALING_YARN_BETA_SLOW, k.DIMENSION_COUNT, Keys.LLM.CONTEXT_LENGTH}
-    from ropeconvert.formats.dpe_format import GGUF_KEYS
-
-    return {key.format(arch=arch) for key in keys} | {f"{arch}.rope.scale_linear", SPEC_KEY, *GGUF_KEYS}
+    return {key.format(arch=arch) for key in keys} | {SCALE_LINEAR.format(arch=arch), SPEC_KEY, *dpe_format.GGUF_KEYS}
 
 
 def read_rope(reader) -> GgufRope:
-    """The rope keys and factor tensors of a GGUF, as written (absent keys are None)."""
+    """The rope keys (gguf.Keys templates) and rope tensors (gguf_keys.RopeTensors) of an open GGUFReader, as
+    llama.cpp reads them: an absent key is llama.cpp's default (freq_base 10000, scaling type linear, original
+    context = context_length, rope dimensions = head size); absent scaling/attention factors are None."""
     from ropeconvert.formats.gguf_read import field
 
     arch = field(reader, "general.architecture")
@@ -164,7 +183,7 @@ def read_rope(reader) -> GgufRope:
         context_length=ctx, original_context=int(key(k.SCALING_ORIG_CTX_LEN, ctx)),
         freq_base=float(key(k.FREQ_BASE, 10000.0)), dimension_count=int(n_rot),
         scaling_type=str(key(k.SCALING_TYPE, RopeScalingType.LINEAR.value)),  # llama.cpp's default when absent
-        scaling_factor=_opt_float(key(k.SCALING_FACTOR, field(reader, f"{arch}.rope.scale_linear"))),
+        scaling_factor=_opt_float(key(k.SCALING_FACTOR, key(SCALE_LINEAR))),
         attn_factor=_opt_float(key(k.SCALING_ATTN_FACTOR)), tensors=tensors,
     )
 
@@ -177,11 +196,11 @@ def spec_from_gguf(reader) -> RopeSpec | None:
     return None if raw is None else RopeSpec.from_dict(json.loads(raw))
 
 
-def _need_per_pair(arch: str, what: str) -> None:
-    if PER_PAIR[arch] is None:
+def _need_per_pair(arch: Arch, what: str) -> None:
+    if arch.per_pair is None:
         raise UnsupportedError(
-            f"{arch} GGUFs cannot express {what}: llama.cpp's {arch} graph applies no per-pair rope factors",
-            f"{arch} takes: {ARCH_METHODS[arch]}; or export --to hf")
+            f"{arch.gguf} GGUFs cannot express {what}: llama.cpp's {arch.gguf} graph applies no per-pair rope factors",
+            f"{arch.gguf} takes: {arch.honours}; or export --to hf")
 
 
 def _unless_one(x: float) -> float | None:

@@ -1,10 +1,10 @@
-"""The tensor-data section of a GGUF export: every tensor converted in row blocks on two threads, written in order,
-and hashed on the way (the file's sealed sha256 then needs no second pass over the data).
+"""The tensor data of an HF → GGUF export: every tensor converted in row blocks on two threads, handed in file order
+to the GGUF writer (formats/gguf_writer.py, which lays it out, hashes and seals it); and THE Q/K permute rule, both ways.
 
 A block is about BLOCK_BYTES of source rows, read straight from the safetensors file, so memory holds a few blocks
 whatever the tensor or model size. Llama-arch Q/K rows are permuted per head, so their blocks hold whole heads.
 The casts are numpy's and release the GIL, as do the file writes and hashlib on large buffers: with a window of
-blocks in flight both cores convert while the caller writes and a third thread hashes what was written.
+blocks in flight both cores convert while the writer writes and hashes what was written.
 """
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from gguf import GGMLQuantizationType, quants
-from tqdm import tqdm
 
 from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.tensors import DTYPES, TensorInfo
@@ -26,9 +25,7 @@ from ropeconvert.formats.tensors import DTYPES, TensorInfo
 Q = GGMLQuantizationType
 BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per conversion job: a few MB stays in cache through the casts
 IN_FLIGHT_BYTES = 128 << 20  # output converted ahead of the writer: it fills while the tokenizer loads
-HASH_QUEUE = 8  # written blocks waiting for the hashing thread
 JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))  # adding 0.5 itself would round 0.49999997 up
-ALIGNMENT = 32  # gguf's default general.alignment, which GGUFWriter uses for the tensor offsets
 
 
 @dataclass(frozen=True)
@@ -67,9 +64,16 @@ class TensorPlan:
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF rotate-half rows → llama.cpp's interleaved pairs, per head (the inverse of gguf_read.unpermute)."""
+    """HF rotate-half rows → llama.cpp's interleaved pairs, per head, along the output dimension (archs whose
+    `ARCHS[arch].permute_qk` is set: llama.cpp runs their rope on adjacent pairs, HF on the two halves)."""
     rows = w.shape[0]
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of permute_qk (interleaved pairs → rotate-half), for GGUF → HF."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def jobs(plan: TensorPlan) -> list[tuple[Callable[[], np.ndarray], int]]:
@@ -201,46 +205,23 @@ class TensorStream:
             self._fill()
             yield plan, None if fut is None else np.ascontiguousarray(fut.result()).reshape(-1).view(np.uint8)
 
+    def tensors(self) -> list[Callable[[], Iterator[np.ndarray]]]:
+        """One callable per plan, in order, each yielding that tensor's blocks: the writer calls them in the order
+        the tensors were registered, which is the stream's order."""
+        blocks = self.blocks()
+
+        def one(plan: TensorPlan) -> Iterator[np.ndarray]:
+            for owner, block in blocks:
+                if owner is not plan:  # the writer asked for tensors out of order: a bug, never a shifted file
+                    raise RuntimeError(f"{plan.gguf_name}: the stream is at {owner.gguf_name}")
+                if block is None:
+                    return
+                yield block
+
+        return [lambda p=p: one(p) for p in self.plans]
+
     def __enter__(self) -> "TensorStream":
         return self
 
     def __exit__(self, *exc) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def write_tensor_data(f: IO[bytes], tensors: list[np.ndarray], stream: TensorStream, hasher, progress: bool) -> None:
-    """Write the data section at `f` (positioned at the end of the tensor infos): alignment padding, the small rope
-    tensors, then the stream's tensors, each padded to ALIGNMENT as GGUFWriter lays them out; every byte also goes
-    to `hasher`, on a thread of its own (in order), so writing and hashing overlap."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-sha256") as hashing:
-        pending: deque = deque()
-
-        def put(buf) -> None:
-            f.write(buf)
-            pending.append(hashing.submit(hasher.update, buf))  # the future keeps buf alive until it is hashed
-            while len(pending) > HASH_QUEUE:
-                pending.popleft().result()
-
-        _write_all(f, tensors, stream, put, progress)
-        while pending:
-            pending.popleft().result()
-
-
-def _write_all(f: IO[bytes], tensors: list[np.ndarray], stream: TensorStream, put, progress: bool) -> None:
-    put(bytes(-f.tell() % ALIGNMENT))
-    for arr in tensors:
-        put(np.ascontiguousarray(arr).data)
-        put(bytes(-arr.nbytes % ALIGNMENT))
-    total = sum(p.nbytes for p in stream.plans)
-    with tqdm(total=total, desc="write GGUF", unit="B", unit_scale=True, disable=not progress) as bar:
-        written = 0
-        for plan, block in stream.blocks():
-            if block is None:  # end of a tensor
-                if written != plan.nbytes:  # a bug here would shift every later tensor: never write such a file
-                    raise RuntimeError(f"{plan.gguf_name}: wrote {written} bytes, the tensor info says {plan.nbytes}")
-                put(bytes(-plan.nbytes % ALIGNMENT))
-                written = 0
-                continue
-            put(block.data)
-            written += block.nbytes
-            bar.update(block.nbytes)

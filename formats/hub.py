@@ -23,7 +23,8 @@ from ropeconvert import __version__
 from ropeconvert.errors import InputError, RopeConvertError
 from ropeconvert.formats.hub_base import base_model_id, resolve_license, transport_errors
 from ropeconvert.formats.source import is_hub_id
-from ropeconvert.formats.hub_export import CARD, Export, load_export
+from ropeconvert.formats.export import CARD
+from ropeconvert.formats.hub_export import Publication, load_export
 from ropeconvert.formats.hub_retry import RetriesSpent, in_chain, with_retries
 from ropeconvert.formats.model_card import render_card
 
@@ -166,7 +167,7 @@ def publish(export: Path, repo_id: str, *, private: bool = False, revision: str 
         raise
 
 
-def _push_once(api, exp: Export, files: dict[str, Path], result: PublishResult, private: bool,
+def _push_once(api, exp: Publication, files: dict[str, Path], result: PublishResult, private: bool,
                revision: str | None) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -251,7 +252,7 @@ def _size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
-def _commit_message(exp: Export) -> str:
+def _commit_message(exp: Publication) -> str:
     spec = exp.spec or {}
     if not spec:
         return f"Upload {exp.path.name} (ropeconvert {__version__})"
@@ -259,7 +260,7 @@ def _commit_message(exp: Export) -> str:
     return f"Upload {spec['method']} {orig} → {spec['target_context']} context extension (ropeconvert {__version__})"
 
 
-def _commit_description(exp: Export) -> str:
+def _commit_description(exp: Publication) -> str:
     if exp.status == "passed":
         return "Validated: base vs extended measurements are in report.json and the model card."
     return f"Not validated ({exp.status_detail}); published with --skip-validation."

@@ -38,13 +38,19 @@ def snapshot_revision(origin: str | None) -> str | None:
     return match.group(3) if match else None
 
 
-def license_of_source(kind: str, path: Path) -> dict[str, str] | None:
-    """The licence a local source declares (GGUF metadata, or an HF directory's README front matter)."""
+def license_of_source(kind: str, path: Path, reader=None) -> dict[str, str] | None:
+    """The licence a local source declares (GGUF metadata, or an HF directory's README front matter); `reader`: the
+    GGUF's reader when the caller has it open (a conversion's Source.reader), so the file is not parsed again."""
     if kind == "gguf":
         from ropeconvert.formats.gguf_read import field, open_gguf
 
-        return _as_license({"license": field(open_gguf(path), "general.license")})
+        return _as_license({"license": field(reader if reader is not None else open_gguf(path), "general.license")})
     return _as_license(front_matter(Path(path) / "README.md"))
+
+
+def license_of(source) -> dict[str, str] | None:
+    """The licence a resolved Source declares, read through its own reader."""
+    return license_of_source(source.kind, source.path, source.reader if source.kind == "gguf" else None)
 
 
 def license_of_origin(origin: str | None) -> dict[str, str] | None:

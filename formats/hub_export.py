@@ -1,53 +1,42 @@
-"""What a publish reads from an export: its files, its spec and provenance, and its validation report.
-
-An HF export is a directory (config.json, weights, tokenizer, `ropeconvert.json`, and the validators' report.json,
-report.md and PNG plots inside it). A GGUF export is one file; its report lives in `<name>.report/` beside it. The
-report is judged here — passed, failed, missing or stale (made for another spec) — so that publishing can refuse an
-export nobody has shown to work.
+"""What a publish makes of an export (read through formats/export.py): the files to upload, the rope to show
+verbatim, where it came from, and its validation report judged — passed, failed, missing, stale (made for another
+spec) or unextended — so that publishing can refuse an export nobody has shown to work.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ropeconvert.errors import InputError
-from ropeconvert.formats.config_check import show
-from ropeconvert.formats.gguf_read import ROPE_TENSORS, field as gguf_field, is_gguf, open_gguf
+from ropeconvert.formats.export import (CARD, MANIFEST_FILE, Export, read_manifest, read_report, same_rope,
+                                        spec_of)
+from ropeconvert.formats.gguf_keys import PREFIX, Keys, RopeTensors
+from ropeconvert.formats.gguf_read import field as gguf_field
 from ropeconvert.formats.hub_base import license_of_origin
-from ropeconvert.formats.safe_io import parse_json, read_json
 
-REPORT_SCHEMA = "ropeconvert.report/2"  # written by validate
-REPORT_SCHEMAS = ("ropeconvert.report/1", REPORT_SCHEMA)  # read: /1 is /2 without registered tasks (RULER)
-PROVENANCE_FILE = "ropeconvert.json"  # written by formats/hf.py
-CARD = "README.md"
-# config.json keys that say how positions are encoded: the card shows them verbatim
-HF_ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings",
-                "original_max_position_embeddings", "partial_rotary_factor", "dpe")
-
+_read_report = read_report  # tests/test_ruler_validate.py reads reports through this name
 Status = Literal["passed", "failed", "missing", "stale", "unextended"]
+# identity fields a `--to both` HF manifest lends the GGUF beside it
+LENT = ("source", "source_revision", "source_name", "source_license", "base_model", "ropeconvert_version")
 
 
 @dataclass
-class Export:
-    kind: Literal["hf", "gguf"]
-    path: Path
-    report_dir: Path  # where report.json lives (or would live)
-    provenance: dict[str, Any]
-    spec: dict[str, Any] | None  # RopeSpec.to_dict()
+class Publication:
+    """An export as the card and the upload see it."""
+
+    export: Export
+    provenance: dict[str, Any]  # the export's own, completed for a GGUF (the HF export beside it, the report's base)
+    spec: dict[str, Any] | None  # RopeSpec.to_dict(): the export's, else the report's
     rope_config: dict[str, Any]  # exactly what the export carries (config.json keys, or GGUF keys and tensors)
-    report: dict[str, Any] | None
     status: Status
     status_detail: str
     files: dict[str, Path] = field(default_factory=dict)  # path in repo → local file (the card is added later)
 
-    @property
-    def card_path(self) -> Path:
-        """Where the rendered card is written locally (the export itself holds it, so local == Hub)."""
-        if self.kind == "hf":
-            return self.path / CARD
-        return self.report_dir / CARD if self.report_dir.is_dir() else self.path.with_name(self.path.stem + ".README.md")
+    kind = property(lambda self: self.export.kind)
+    path = property(lambda self: self.export.path)
+    report = property(lambda self: self.export.report)
+    report_dir = property(lambda self: self.export.report_dir)
+    card_path = property(lambda self: self.export.card_path)
 
     def report_files(self) -> set[str]:
         if not self.report:
@@ -56,107 +45,40 @@ class Export:
         return names | {str(p) for p in (self.report.get("plots") or {}).values()}
 
 
-def load_export(path: Path) -> Export:
-    path = Path(path).expanduser().absolute()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise InputError(f"{path} has no config.json", "pass an export written by ropeconvert (an HF directory or a .gguf file)")
-        return _load_hf(path)
-    if path.is_file() and is_gguf(path):
-        return _load_gguf(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist", "pass the export written by `ropeconvert MODEL --method … --out PATH`")
-    raise InputError(f"{path} is neither an HF export directory nor a GGUF file")
-
-
-def _load_hf(path: Path) -> Export:
-    config = _read_json(path / "config.json", "config")
-    provenance = _read_json(path / PROVENANCE_FILE, "manifest") if (path / PROVENANCE_FILE).is_file() else {}
-    rope = {k: config[k] for k in HF_ROPE_KEYS if k in config}
-    report = _read_report(path)
-    spec = provenance.get("spec") or (report or {}).get("spec")
-    export = Export("hf", path, path, provenance, spec, rope, report, *_judge(report, provenance.get("spec")))
-    skip = set() if export.status != "stale" else export.report_files()  # stale evidence is not published
-    for f in sorted(path.rglob("*")):
-        rel = f.relative_to(path).as_posix()
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts) \
-                and rel != CARD and rel not in skip:
-            export.files[rel] = f
-    return export
-
-
-def _load_gguf(path: Path) -> Export:
-    reader = open_gguf(path)
-    arch = gguf_field(reader, "general.architecture")
-    rope: dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        if key == f"{arch}.context_length" or key.startswith(f"{arch}.rope.") or key.startswith("ropeconvert."):
-            rope[key] = _plain(f.contents())
-    embedded = rope.pop("ropeconvert.spec", None)  # the whole spec: the card's "what was done" shows it in words
-    for t in reader.tensors:
-        if t.name in ROPE_TENSORS:
-            rope[f"tensor {t.name}"] = [float(v) for v in t.data.reshape(-1)]
-    report_dir = path.with_name(path.stem + ".report")
-    report = _read_report(report_dir)
-    spec = (parse_json(embedded, f"the ropeconvert.spec metadata of {path}", "re-export it with ropeconvert")
-            if isinstance(embedded, str) and embedded.startswith("{") else (report or {}).get("spec"))
-    if spec is not None and not isinstance(spec, dict):
-        raise InputError(f"the ropeconvert.spec metadata of {path} is not an object", "re-export it with ropeconvert")
-    from ropeconvert.formats.gguf_integrity import PROVENANCE_KEYS
-
-    provenance = {k: rope[f"ropeconvert.{k}"] for k in PROVENANCE_KEYS if f"ropeconvert.{k}" in rope}
-    if isinstance(provenance.get("source_license"), str) and provenance["source_license"].startswith("{"):
-        provenance["source_license"] = parse_json(provenance["source_license"],  # written as JSON by add_provenance
-                                                  f"the ropeconvert.source_license metadata of {path}",
-                                                  "re-export it with ropeconvert")
-    sibling = path.with_suffix("") / PROVENANCE_FILE  # `--to both` wrote the HF export (with provenance) beside it
-    if "source" not in provenance and sibling.is_file() and spec is not None:
-        recorded = _read_json(sibling, "manifest")
-        if same_rope(recorded.get("spec") or {}, spec):
-            provenance.update({k: recorded[k] for k in ("source", "source_revision", "source_name", "source_license",
-                                                        "base_model", "ropeconvert_version") if recorded.get(k) is not None})
-    if "source" not in provenance and isinstance((report or {}).get("base"), (str, dict)):
-        provenance["source"] = _origin_of(report["base"])
-    # re-extended GGUFs keep the source's general.license; converted ones name their base only in the report
-    provenance["source_license"] = (gguf_field(reader, "general.license") or provenance.get("source_license")
-                                    or license_of_origin(provenance.get("source")))
-    export = Export("gguf", path, report_dir, provenance, spec, rope, report,
-                    *_judge(report, spec if isinstance(embedded, str) else None))
-    export.files[path.name] = path
-    if export.status != "stale" and report_dir.is_dir():
-        for f in sorted(report_dir.iterdir()):
+def load_export(path: Path | Export) -> Publication:
+    """The publication of the export at `path` (or of an Export already open)."""
+    export = path if isinstance(path, Export) else Export.open(path)
+    report = export.report
+    status = judge(report, export.spec if export.spec_dict is not None else None)
+    if export.kind == "hf":
+        pub = Publication(export, export.provenance, export.spec_dict or (report or {}).get("spec"), export.rope,
+                          *status)
+        skip = set() if pub.status != "stale" else pub.report_files()  # stale evidence is not published
+        for f in sorted(export.path.rglob("*")):
+            rel = f.relative_to(export.path).as_posix()
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(export.path).parts) \
+                    and rel != CARD and rel not in skip:
+                pub.files[rel] = f
+        return pub
+    spec = export.spec_dict or (report or {}).get("spec")
+    pub = Publication(export, _gguf_provenance(export, spec), spec, _gguf_rope_config(export), *status)
+    pub.files[export.path.name] = export.path
+    if pub.status != "stale" and export.report_dir.is_dir():
+        for f in sorted(export.report_dir.iterdir()):
             if f.is_file() and not f.name.startswith(".") and f.name != CARD:
-                export.files[f.name] = f
-    return export
+                pub.files[f.name] = f
+    return pub
 
 
-def _read_report(report_dir: Path) -> dict[str, Any] | None:
-    path = report_dir / "report.json"
-    if not path.is_file():
-        return None
-    report = _read_json(path, "report")
-    if report.get("schema") not in REPORT_SCHEMAS or not isinstance(report.get("passed"), bool):
-        raise InputError(f"{path} is not a ropeconvert validation report (schema {show(report.get('schema'))})",
-                         f"re-run `ropeconvert validate {report_dir}`")
-    for key, kind in (("plots", dict), ("checks", list), ("spec", dict)):
-        if report.get(key) is not None and not isinstance(report[key], kind):
-            raise InputError(f"{path}: {key} must be {'an object' if kind is dict else 'a list'}, got "
-                             f"{show(report[key])}", f"re-run `ropeconvert validate {report_dir}`")
-    if not all(isinstance(c, dict) for c in report.get("checks") or []):
-        raise InputError(f"{path}: every entry of checks must be an object", f"re-run `ropeconvert validate {report_dir}`")
-    for name in (report.get("plots") or {}).values():
-        if not (report_dir / str(name)).is_file():
-            raise InputError(f"{path} names plot {name!r}, which is missing", f"re-run `ropeconvert validate {report_dir}`")
-    return report
-
-
-def _judge(report: dict[str, Any] | None, export_spec: dict[str, Any] | None) -> tuple[Status, str]:
-    """passed / failed / missing / stale, with the reason in words."""
+def judge(report: dict[str, Any] | None, export_spec) -> tuple[Status, str]:
+    """passed / failed / missing / stale / unextended, with the reason in words."""
     if report is None:
         return "missing", "no validation report (report.json) was found"
     # A report made for another rope (the export was rewritten after validation) proves nothing about this one.
-    if export_spec is not None and report.get("spec") is not None and not same_rope(report["spec"], export_spec):
-        return "stale", "report.json was made for a different rope spec than the export now carries"
+    if export_spec is not None and report.get("spec") is not None:
+        made_for = spec_of(report["spec"])
+        if made_for is None or not same_rope(made_for, export_spec):
+            return "stale", "report.json was made for a different rope spec than the export now carries"
     original = report.get("original_context")
     measured = [n for t in (report.get("tasks") or {}).values() if isinstance(t, dict) for n in t.get("lengths") or []
                 if isinstance(n, int)]
@@ -169,21 +91,38 @@ def _judge(report: dict[str, Any] | None, export_spec: dict[str, Any] | None) ->
     return "failed", "validation failed" + (f" ({', '.join(map(str, failed))})" if failed else "")
 
 
-ROPE_FIELDS = ("method", "target_context", "rope_theta", "factors", "short_factors", "attention_factor", "dynamic_factor")
+def _gguf_rope_config(export: Export) -> dict[str, Any]:
+    """Every context, rope and ropeconvert key of the GGUF, and its rope tensors, verbatim (the card shows them);
+    the embedded spec is left out (the card's "what was done" shows it in words)."""
+    reader, arch = export.reader, export.arch
+    rope: dict[str, Any] = {}
+    for key in reader.fields:
+        if key == f"{arch}.context_length" or key.startswith(f"{arch}.rope.") or key.startswith(PREFIX):
+            rope[key] = _plain(gguf_field(reader, key))
+    rope.pop(Keys.SPEC, None)
+    for t in reader.tensors:
+        if t.name in RopeTensors.ALL:
+            rope[f"tensor {t.name}"] = [float(v) for v in t.data.reshape(-1)]
+    return rope
 
 
-def same_rope(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """The same rope, field by field (params and float noise aside: a validator may rebuild the spec from config)."""
-    def close(x: Any, y: Any) -> bool:
-        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-            return len(x) == len(y) and all(close(u, v) for u, v in zip(x, y))
-        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
-            return math.isclose(x, y, rel_tol=1e-6)
-        return x == y
-
-    base_a, base_b = a.get("base") or {}, b.get("base") or {}
-    return all(close(a.get(k), b.get(k)) for k in ROPE_FIELDS) and \
-        close(base_a.get("original_context"), base_b.get("original_context"))
+def _gguf_provenance(export: Export, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """A GGUF records its source only when it was re-extended from another GGUF; otherwise the HF export written
+    beside it (`--to both`) or the report's base name it, and the licence is looked up from there."""
+    provenance = dict(export.provenance)
+    sibling = export.path.with_suffix("") / MANIFEST_FILE
+    if "source" not in provenance and sibling.is_file() and spec is not None:
+        recorded = read_manifest(sibling)
+        theirs, ours = spec_of(recorded.get("spec")), spec_of(spec)
+        if theirs is not None and ours is not None and same_rope(theirs, ours):
+            provenance.update({k: recorded[k] for k in LENT if recorded.get(k) is not None})
+    report = export.report or {}
+    if "source" not in provenance and isinstance(report.get("base"), (str, dict)):
+        provenance["source"] = _origin_of(report["base"])
+    # re-extended GGUFs keep the source's general.license; converted ones name their base only in the report
+    provenance["source_license"] = (gguf_field(export.reader, "general.license") or provenance.get("source_license")
+                                    or license_of_origin(provenance.get("source")))
+    return provenance
 
 
 def _origin_of(base: str | dict[str, Any]) -> str | None:
@@ -202,13 +141,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
-
-
-def _read_json(path: Path, what: str = "file") -> dict[str, Any]:
-    """A JSON object from the export; a manifest's or report's `spec` must be an object (same_rope reads it)."""
-    data = read_json(path, what, "re-create it with ropeconvert")
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object", "re-create it with ropeconvert")
-    if what != "config" and not isinstance(data.get("spec"), (dict, type(None))):
-        raise InputError(f"{path}: spec must be an object, got {show(data['spec'])}", "re-create it with ropeconvert")
-    return data

@@ -1,26 +1,51 @@
-"""`ropeconvert inspect`: what rope a checkpoint carries, read the way the runtimes read it."""
+"""`ropeconvert inspect` and `ropeconvert verify` as library calls: what rope a checkpoint carries, read the way the
+runtimes read it, and whether an export is still what ropeconvert wrote. Both read through formats/export.py, so
+one Export serves inspect, verify and the model card with one open of each file."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import Keys
 
 from ropeconvert.errors import InputError
-from ropeconvert.formats.gguf_read import ROPE_TENSORS, field, is_gguf, open_gguf
+from ropeconvert.formats.export import Export
+from ropeconvert.formats.gguf_keys import PREFIX, RopeTensors
+from ropeconvert.formats.gguf_read import field, is_gguf
 from ropeconvert.formats.hf_config import base_rope_from_config, rope_type, spec_from_hf_config
-from ropeconvert.formats.source import read_config
+
+# the GGUF keys inspect shows when present, named without their `{arch}.` prefix
+GGUF_KEYS = (Keys.LLM.CONTEXT_LENGTH, Keys.Rope.DIMENSION_COUNT, Keys.Rope.FREQ_BASE, Keys.Rope.SCALING_TYPE,
+             Keys.Rope.SCALING_FACTOR, Keys.Rope.SCALING_ORIG_CTX_LEN, Keys.Rope.SCALING_ATTN_FACTOR,
+             Keys.Rope.SCALING_YARN_BETA_FAST, Keys.Rope.SCALING_YARN_BETA_SLOW)
 
 
-def describe(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        return _describe_hf(path)
-    if path.is_file() and is_gguf(path):
-        return _describe_gguf(path)
-    if not path.exists():
-        raise InputError(f"{path} not found (no such file or directory)", "check the path")
-    raise InputError(f"{path} is neither an HF model directory nor a GGUF file", "pass a directory with config.json or a .gguf file")
+def describe(path: Path | Export) -> dict[str, Any]:
+    """What `ropeconvert inspect` prints: any HF model directory or GGUF file (an export or not), or an open Export."""
+    export = path if isinstance(path, Export) else Export.open(path)
+    return _describe_hf(export) if export.kind == "hf" else _describe_gguf(export)
+
+
+def verify(path: Path | Export, source: Path | None = None) -> tuple[list[str], list[str]]:
+    """What `ropeconvert verify` checks: (problems, checks done); no problems means the export is intact. A file
+    named .gguf whose magic no longer reads is verified too (a damaged magic is a change like any other)."""
+    from ropeconvert.formats.gguf_integrity import verify_gguf
+    from ropeconvert.formats.manifest import verify_hf
+
+    if source is not None and not Path(source).exists():
+        raise InputError(f"--source {source} not found", "pass the directory or .gguf the export was made from")
+    if isinstance(path, Export):
+        export = path
+    else:
+        p = Path(path)
+        if p.is_dir():
+            export = Export.open(p)
+        elif p.is_file() and (is_gguf(p) or p.suffix == ".gguf"):
+            export = Export("gguf", p.expanduser().absolute())
+        else:
+            raise InputError(f"{p} is neither an export directory nor a GGUF file", "pass what ropeconvert wrote")
+    return verify_hf(export, source) if export.kind == "hf" else verify_gguf(export, source)
 
 
 def _summary(values) -> str:
@@ -30,8 +55,8 @@ def _summary(values) -> str:
     return f"{a.size} values, min {a.min():.4g}, max {a.max():.4g}, first {a[0]:.4g}, last {a[-1]:.4g}"
 
 
-def _describe_hf(path: Path) -> dict[str, Any]:
-    config = read_config(path)
+def _describe_hf(export: Export) -> dict[str, Any]:
+    config = export.config
     base = base_rope_from_config(config)
     spec = spec_from_hf_config(config)
     info: dict[str, Any] = {"format": "hf", "model_type": config.get("model_type"), "rope_type": rope_type(config),
@@ -41,7 +66,7 @@ def _describe_hf(path: Path) -> dict[str, Any]:
     if "dpe" in config:  # DPE / Self-Extend: the native rope stays; the map is the `dpe` block + index map
         from ropeconvert.formats.dpe_format import read_hf_map
 
-        pm = read_hf_map(path, config)
+        pm = read_hf_map(export.path, config)
         block = config["dpe"]
         info.update({"position_map": block.get("method"), "target_context": block.get("target_context"),
                      "window": pm.window, "group_boundaries": list(pm.boundaries), "scales": list(pm.scales),
@@ -61,22 +86,19 @@ def _describe_hf(path: Path) -> dict[str, Any]:
     return info
 
 
-def _describe_gguf(path: Path) -> dict[str, Any]:
-    reader = open_gguf(path)
-    arch = field(reader, "general.architecture")
+def _describe_gguf(export: Export) -> dict[str, Any]:
+    reader, arch = export.reader, export.arch
     info: dict[str, Any] = {"format": "gguf", "arch": arch}
-    for key in ("context_length", "rope.dimension_count", "rope.freq_base", "rope.scaling.type", "rope.scaling.factor",
-                "rope.scaling.original_context_length", "rope.scaling.attn_factor", "rope.scaling.yarn_beta_fast",
-                "rope.scaling.yarn_beta_slow"):
-        value = field(reader, f"{arch}.{key}")
+    for key in GGUF_KEYS:
+        value = field(reader, key.format(arch=arch))
         if value is not None:
-            info[key] = value
+            info[key.replace("{arch}.", "")] = value
     info["file_type"] = tensor_types(reader)
     for t in reader.tensors:
-        if t.name in ROPE_TENSORS:
+        if t.name in RopeTensors.ALL:
             info[t.name] = _summary(np.asarray(t.data, dtype=np.float64))
-    dpe = {k: field(reader, k) for k in reader.fields if k.startswith("ropeconvert.")}  # field(): damage is one line
-    info.update({k: (v if not isinstance(v, list) or len(v) < 12 else f"{len(v)} values") for k, v in dpe.items()})
+    ours = {k: field(reader, k) for k in reader.fields if k.startswith(PREFIX)}  # field(): damage is one line
+    info.update({k: (v if not isinstance(v, list) or len(v) < 12 else f"{len(v)} values") for k, v in ours.items()})
     return info
 
 
@@ -84,5 +106,5 @@ def tensor_types(reader) -> str:
     """The GGUF's tensor types by count, most common first, e.g. "Q4_1 (211), F32 (61)": what a re-extension keeps."""
     from collections import Counter
 
-    counts = Counter(t.tensor_type.name for t in reader.tensors if t.name not in ROPE_TENSORS)
+    counts = Counter(t.tensor_type.name for t in reader.tensors if t.name not in RopeTensors.ALL)
     return ", ".join(f"{name} ({n})" for name, n in counts.most_common())

@@ -3,6 +3,8 @@
 The manifest lives in `ropeconvert.json` beside the weights. Weight hashes are computed while the weights are copied
 (a second thread hashes the chunks the copy just read, so hashing costs no extra pass). Hard-linked weights (`--link`)
 share their bytes with the source, so their hash is left null and `verify` compares them with the source instead.
+The manifest is read through formats/export.py (the one reader of an export); `ropeconvert verify` enters through
+formats/inspect.py `verify`, which sends an HF export here and a GGUF to formats/gguf_integrity.py.
 """
 from __future__ import annotations
 
@@ -15,19 +17,11 @@ from typing import Any, BinaryIO, Callable
 
 from ropeconvert.errors import InputError
 from ropeconvert.formats.config_check import show
-from ropeconvert.formats.safe_io import open_regular, read_json
+from ropeconvert.formats.export import MANIFEST_FILE, Export, read_manifest, same_rope
+from ropeconvert.formats.safe_io import open_regular, sha256_file  # noqa: F401  (sha256_file: re-exported)
 
-MANIFEST_FILE = "ropeconvert.json"
 REPORT_FILES = ("report.json", "report.md", "README.md")  # written after the export; not part of the manifest
 CHUNK = 16 * 1024 * 1024
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open_regular(path) as f:  # an unreadable source is a read error (InputError), never "cannot write"
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def copy_and_hash(pairs: list[tuple[Path, Path]], on_chunk: Callable[[int], None] | None = None) -> list[str]:
@@ -84,13 +78,16 @@ def file_entries(export_dir: Path, known: dict[str, str | None]) -> dict[str, di
 
 
 def load_manifest(export_dir: Path) -> dict[str, Any]:
-    """The manifest, parsed safely, with the shape verify relies on checked (a damaged one is one line)."""
-    path = export_dir / MANIFEST_FILE
+    """The manifest of an HF export, with the shape verify relies on checked (a damaged one is one line)."""
+    path = Path(export_dir) / MANIFEST_FILE
     if not os.path.lexists(path):
         raise InputError(f"{export_dir} has no {MANIFEST_FILE}", "only exports written by ropeconvert can be verified")
+    return _checked(read_manifest(path), path)
+
+
+def _checked(data: dict[str, Any], path: Path) -> dict[str, Any]:
     fix = "the export is damaged; re-export it"
-    data = read_json(path, "manifest", fix)
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+    if not isinstance(data.get("files"), dict):
         raise InputError(f"{path} has no file list", "re-export with this version of ropeconvert")
     for name, entry in data["files"].items():
         if not isinstance(entry, dict) or type(entry.get("size")) is not int or \
@@ -99,19 +96,21 @@ def load_manifest(export_dir: Path) -> dict[str, Any]:
                              f"got {show(entry)}", fix)
     if not isinstance(data.get("weights", []), list) or not all(isinstance(w, str) for w in data.get("weights", [])):
         raise InputError(f"{path}: weights must be a list of file names, got {show(data.get('weights'))}", fix)
-    if not isinstance(data.get("source_path"), (str, type(None))) or not isinstance(data.get("spec"), (dict, type(None))):
-        raise InputError(f"{path}: source_path must be a string and spec an object", fix)
+    if not isinstance(data.get("source_path"), (str, type(None))):
+        raise InputError(f"{path}: source_path must be a string, got {show(data['source_path'])}", fix)
     return data
 
 
-def verify_hf(export_dir: Path, source: Path | None = None) -> tuple[list[str], list[str]]:
+def verify_hf(export_dir: Path | Export, source: Path | None = None) -> tuple[list[str], list[str]]:
     """Re-check an HF export; returns (problems, checks done). No problems means it is intact. The manifest records
     no machine path: `source` (verify --source DIR) is the directory to compare the weights with, if any."""
-    from ropeconvert.convert.spec import RopeSpec
     from ropeconvert.formats.hf_config import base_rope_from_config, spec_from_hf_config
-    from ropeconvert.formats.source import read_config
 
-    manifest = load_manifest(export_dir)
+    export = export_dir if isinstance(export_dir, Export) else Export.open(export_dir)
+    export_dir = export.path
+    if export.manifest is None:
+        raise InputError(f"{export_dir} has no {MANIFEST_FILE}", "only exports written by ropeconvert can be verified")
+    manifest = _checked(export.manifest, export_dir / MANIFEST_FILE)
     problems, done = [], []
     source_dir = Path(source) if source is not None else None
     for name, entry in manifest["files"].items():
@@ -137,8 +136,10 @@ def verify_hf(export_dir: Path, source: Path | None = None) -> tuple[list[str], 
                    and p.name != MANIFEST_FILE and p.name not in REPORT_FILES and not p.name.endswith(".png"))
     problems += [f"{name}: not in the manifest" for name in extra]
     try:
-        expected = RopeSpec.from_dict(manifest["spec"])
-        config = read_config(export_dir)
+        expected = export.spec
+        if expected is None:
+            raise InputError(f"{MANIFEST_FILE} records no spec")
+        config = export.config
         written = spec_from_hf_config(config, original_context=expected.original_context)
         if written is None:  # plain RoPE in config.json (static NTK): compare the base it carries
             written = base_rope_from_config(config, expected.original_context)
@@ -152,19 +153,8 @@ def verify_hf(export_dir: Path, source: Path | None = None) -> tuple[list[str], 
             problems += found
             if not found:
                 done.append(f"config.json `dpe` block and index map equal the spec's {expected.method} map")
-        elif not _same_rope(expected, written):
+        elif not same_rope(expected, written):
             problems.append("config.json rope differs from the spec in the manifest")
         else:
             done.append("config.json rope equals the spec")
     return problems, done
-
-
-def _same_rope(spec, written) -> bool:
-    """Same frequencies at the original and target lengths, and the same attention factor."""
-    import numpy as np
-
-    for n in (spec.original_context, spec.target_context):
-        theirs = written.inv_freq(n) if hasattr(written, "attention_factor") else written.inv_freq()
-        if not np.allclose(spec.inv_freq(n), theirs, rtol=1e-9):
-            return False
-    return abs(spec.attention_factor - getattr(written, "attention_factor", 1.0)) < 1e-9

@@ -16,9 +16,8 @@ import yaml
 
 from ropeconvert import __version__
 from ropeconvert.formats.hub_base import snapshot_revision
-from ropeconvert.formats.hub_export import Export
+from ropeconvert.formats.hub_export import Publication
 
-PLOT_TITLES = {"ppl": "Perplexity vs length", "passkey": "Passkey retrieval accuracy", "niah": "Needle in a haystack"}
 WARNINGS = {
     "missing": "**Not validated.** No perplexity, passkey or parity measurements were made on this export; it was "
                "published with `--skip-validation`. Treat it as untested.",
@@ -32,7 +31,7 @@ WARNINGS = {
 }
 
 
-def render_card(export: Export, *, repo_id: str, base_id: str | None, license_fields: dict[str, str],
+def render_card(export: Publication, *, repo_id: str, base_id: str | None, license_fields: dict[str, str],
                 license_note: str | None) -> str:
     spec = export.spec or {}
     meta: dict[str, Any] = {}
@@ -57,7 +56,7 @@ def render_card(export: Export, *, repo_id: str, base_id: str | None, license_fi
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def base_label(export: Export, base_id: str | None) -> str:
+def base_label(export: Publication, base_id: str | None) -> str:
     """How the card names the base: its Hub id, else what the export recorded — never a machine path (exports
     written before paths were dropped may still hold one: only its last component is shown)."""
     if base_id:
@@ -70,7 +69,7 @@ def base_label(export: Export, base_id: str | None) -> str:
     return source
 
 
-def _intro(export: Export, spec: dict[str, Any], base_id: str | None) -> str:
+def _intro(export: Publication, spec: dict[str, Any], base_id: str | None) -> str:
     base = base_label(export, base_id)
     version = export.provenance.get("ropeconvert_version", __version__)
     if not spec:
@@ -81,7 +80,7 @@ def _intro(export: Export, spec: dict[str, Any], base_id: str | None) -> str:
             f"tokens ({_num(spec['target_context'] / _orig(spec))}×) using {link}, written by ropeconvert {version}.")
 
 
-def _what_was_done(export: Export, spec: dict[str, Any]) -> str:
+def _what_was_done(export: Publication, spec: dict[str, Any]) -> str:
     rows = []
     if spec:
         info = _method_info(spec["method"])
@@ -106,7 +105,7 @@ def _what_was_done(export: Export, spec: dict[str, Any]) -> str:
     return "## What was done\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _rope_written(export: Export) -> str:
+def _rope_written(export: Publication) -> str:
     if export.kind == "hf":
         body = json.dumps(export.rope_config, indent=2)
         return f"## Rope configuration written\n\nFrom `config.json`, exactly as runtimes read it:\n\n```json\n{body}\n```"
@@ -115,7 +114,7 @@ def _rope_written(export: Export) -> str:
             "reads them:\n\n```text\n" + "\n".join(lines) + "\n```")
 
 
-def _runs_in(export: Export) -> str:
+def _runs_in(export: Publication) -> str:
     from ropeconvert.formats.runtimes import runs_in_section
 
     return runs_in_section(export.spec, export.provenance.get("runtimes"), export.kind)
@@ -132,43 +131,26 @@ def _validation(report: dict[str, Any]) -> str:
            f"{rt.get('torch', '?')}, transformers {rt.get('transformers', '?')}, on the {corpus.get('name', '?')} corpus "
            f"({len(docs) if isinstance(docs, list) else docs} documents); base `{report.get('base')}`; report created "
            f"{report.get('created', '?')}. All numbers below are from [report.json](report.json)."]
-    tasks = report.get("tasks") or {}
-    registered = _registered(tasks)
-    for task, record in registered:  # the headline first: RULER's effective lengths
+    registered = _registered(report.get("tasks") or {})
+    for task, record in reversed(registered):  # the headlines first (RULER's effective lengths), in task order
         out[1:1] = [f"**{line}**" for line in task.summary(record)[:1]]
-    if "ppl" in tasks:
-        t = tasks["ppl"]
-        out.append("### Perplexity (lower is better)\n\n" + _table(
-            ["length", "base", "extended"], [[_n(n), _f(b), _f(e)] for n, b, e in _zip(t, "lengths", "base", "extended")]))
-    if "passkey" in tasks:
-        t = tasks["passkey"]
-        rows = [[_n(n), _pct(_mean(b)), _pct(_mean(e))] for n, b, e in _zip(t, "lengths", "base", "extended")]
-        out.append(f"### Passkey retrieval (accuracy, mean over {len(t.get('depths') or [])} depths × "
-                   f"{t.get('trials', '?')} trials)\n\n" + _table(["length", "base", "extended"], rows))
-    if "niah" in tasks:
-        t = tasks["niah"]
-        out.append("### Needle in a haystack (accuracy)\n\n" + _table(
-            ["length", "base", "extended"], [[_n(n), _pct(b), _pct(e)] for n, b, e in _zip(t, "lengths", "base", "extended")]))
-    if "parity" in tasks:
-        p = tasks["parity"]
-        out.append("### Parity: llama.cpp (GGUF) vs transformers (HF)\n\n" + _table(
-            ["perplexity HF", "perplexity GGUF", "ratio", "top-1 agreement", "tokens"],
-            [[_f(p.get("ppl_hf")), _f(p.get("ppl_gguf")), _f(p.get("ratio"), 4), _pct(p.get("top1_agreement")),
-              _n(p.get("tokens"))]]))
-    out += [task.card(record) for task, record in registered]
+    out += [section for task, record in registered if (section := task.card(record))]
     if report.get("checks"):
         out.append("### Checks\n\n" + _table(["check", "result", "detail"], [
             [str(c.get("name")), "pass" if c.get("passed") else "**FAIL**", str(c.get("detail", ""))]
             for c in report["checks"]]))
-    titles = {**PLOT_TITLES, **{task.name: task.title for task, _ in registered}}
+    from ropeconvert.validators.task_registry import all_tasks
+
+    titles = {task.name: task.title for task in all_tasks()}
     for name, file in (report.get("plots") or {}).items():
         out.append(f"![{titles.get(name, name)}]({file})")
     return "\n\n".join(out)
 
 
 def _registered(tasks: dict[str, Any]) -> list:
-    """(task, record) for the registered validation tasks (RULER) in the report; a record that does not have the
-    shape its task renders is left out rather than breaking the card (the report was schema-checked when written)."""
+    """(task, record) for the validation tasks in the report (validators/task_registry.py); a record that does not
+    have the shape its task renders is left out rather than breaking the card (the report was schema-checked when
+    written)."""
     from ropeconvert.validators.task_registry import in_report
 
     out = []
@@ -181,9 +163,9 @@ def _registered(tasks: dict[str, Any]) -> list:
     return out
 
 
-def _how_to_run(export: Export, spec: dict[str, Any], repo_id: str) -> str:
+def _how_to_run(export: Publication, spec: dict[str, Any], repo_id: str) -> str:
     target = spec.get("target_context") or export.rope_config.get("max_position_embeddings")
-    dpe = spec.get("method") == "dpe" or spec.get("position_map") is not None
+    dpe = spec.get("kind") == "position_map" or spec.get("position_map") is not None
     if export.kind == "gguf":
         text = ("## How to run\n\nllama.cpp reads the rope scaling from the GGUF metadata; only the context size is "
                 f"yours to set:\n\n```sh\nllama-cli -hf {repo_id} -c {target}\n"
@@ -204,7 +186,7 @@ def _how_to_run(export: Export, spec: dict[str, Any], repo_id: str) -> str:
     return text
 
 
-def _reproduce(export: Export, spec: dict[str, Any], base_id: str | None) -> str:
+def _reproduce(export: Publication, spec: dict[str, Any], base_id: str | None) -> str:
     if not spec:
         return ""
     prov = export.provenance
@@ -240,7 +222,7 @@ def _reproduce(export: Export, spec: dict[str, Any], base_id: str | None) -> str
             f"published on PyPI):\n\n```sh\n" + " ".join(args) + "\n```")
     if local:
         text += f"\n\n`./{local}` stands for the local model this export was made from; it is not on the Hub."
-    if spec["method"] == "longrope":
+    if spec.get("kind", spec["method"]) == "longrope":
         text += "\n\n`--factors` reads the long/short factors from this repository's rope configuration above."
     return text
 
@@ -255,29 +237,9 @@ def _orig(spec: dict[str, Any]) -> int:
     return int((spec.get("base") or {}).get("original_context") or spec.get("original_context"))
 
 
-def _zip(task: dict[str, Any], *keys: str):
-    lengths = task.get(keys[0]) or []
-    cols = [list(task.get(k) or []) + [None] * len(lengths) for k in keys[1:]]
-    return zip(lengths, *cols)
-
-
-def _mean(values: list[float | None] | None) -> float | None:
-    """Passkey accuracy over the depths measured at one length."""
-    measured = [v for v in values or [] if v is not None]
-    return sum(measured) / len(measured) if measured else None
-
-
 def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _f(v, digits: int = 2) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.0f}%"
 
 
 def _n(v) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ropeconvert.convert.spec import RopeSpec
+from ropeconvert.convert.spec import DYNAMIC, LINEAR, LLAMA3, LONGROPE, PER_PAIR, POSITION_MAP, THETA, YARN, RopeSpec
 
 RUNTIMES = ("transformers", "vllm", "sglang", "mlx-lm", "mistral.rs", "llama.cpp")
 LABELS = {"transformers": "transformers", "vllm": "vLLM", "sglang": "SGLang", "mlx-lm": "mlx-lm",
@@ -38,78 +38,70 @@ class Rule:
     flags: str = ""
 
 
-def kind(spec: RopeSpec) -> str:
-    """The method kind the rules switch on (never the method's registered name beyond these kinds)."""
-    if spec.position_map is not None:
-        return "position_map"
-    if spec.dynamic_factor is not None:
-        return "dynamic"
-    return spec.method if spec.method in ("linear", "ntk", "yarn", "llama3", "longrope") else "per_pair"
-
-
 def rule(runtime: str, spec: RopeSpec) -> Rule:
-    k, custom_attention = kind(spec), "attention_factor" in spec.params
+    """The rules switch on the spec's kind (convert/spec.py KINDS), never on the method's name."""
+    k, custom_attention = spec.kind, "attention_factor" in spec.params
     L, N = spec.original_context, spec.target_context
     if runtime == "transformers":
-        if k == "position_map":
+        if k == POSITION_MAP:
             return Rule("flags", "runs through ropeconvert's registered attention", "validators/dpe_register.py",
                         "import ropeconvert")
         return Rule("exact", "", "transformers/modeling_rope_utils.py ROPE_INIT_FUNCTIONS")
-    if k == "position_map":
+    if k == POSITION_MAP:
         return Rule("unsupported", "DPE / Self-Extend needs ropeconvert's attention: use transformers", "")
     if runtime == "vllm":
-        if k == "dynamic":
+        if k == DYNAMIC:
             return Rule("unsupported", f"DynamicNTKScalingRotaryEmbedding bakes one {L}-row table at the original "
                         "base (IndexError past it): use --method ntk or yarn",
                         _VLLM + " → dynamic_ntk_scaling_rope.py")
-        if k in ("longrope", "per_pair"):
+        if k in (LONGROPE, PER_PAIR):
             same = spec.short_factors is None or tuple(spec.short_factors) == tuple(spec.factors or ())
             note = "" if same else "uses the long factors at every length (transformers: short ones up to " \
                                    f"{L} tokens)"
             return Rule("flags" if same else "partial", note, _VLLM_LEN + "; phi3_long_rope_scaled_rope.py",
                         f"--max-model-len {N}")
-        return Rule("exact", "", _VLLM + (" + " + _VLLM_LEN if k == "linear" else ""))
+        return Rule("exact", "", _VLLM + (" + " + _VLLM_LEN if k == LINEAR else ""))
     if runtime == "sglang":
-        if k == "dynamic":
+        if k == DYNAMIC:
             return Rule("unsupported", "DynamicNTKScalingRotaryEmbedding uses one fixed NTK base (the target "
                         "length's) at every length: use --method ntk or yarn", _SGL)
-        if k in ("longrope", "per_pair"):
+        if k in (LONGROPE, PER_PAIR):
             return Rule("partial", "switches to the long factors one token later than transformers",
                         _SGL + " → Phi3LongRoPEScaledRotaryEmbedding")
-        if k == "yarn" and custom_attention and "mscale" not in _yarn_written(spec):
+        if k == YARN and custom_attention and "mscale" not in _yarn_written(spec):
             return Rule("partial", "ignores this attention factor (it has no mscale form; SGLang reads attn_factor)",
                         _SGL + " → YaRNScalingRotaryEmbedding")
-        return Rule("exact", "", _SGL + (" + " + _SGL_LEN if k == "linear" else ""))
+        return Rule("exact", "", _SGL + (" + " + _SGL_LEN if k == LINEAR else ""))
     if runtime == "mlx-lm":
-        if k in ("longrope", "per_pair"):
+        if k in (LONGROPE, PER_PAIR):
             note = f"SuScaledRoPE uses the long factors at every length (transformers: short ones up to {L} tokens)"
             if custom_attention:
                 note += " and ignores the custom attention factor"
             return Rule("partial", note, _MLX + " → SuScaledRoPE")
-        if k == "yarn" and custom_attention and "mscale" not in _yarn_written(spec):
+        if k == YARN and custom_attention and "mscale" not in _yarn_written(spec):
             return Rule("partial", "ignores this attention factor (it has no mscale form)", _MLX + " → YarnRoPE")
         return Rule("exact", "", _MLX)
     if runtime == "mistral.rs":
-        if k in ("yarn", "longrope", "per_pair", "dynamic"):
-            alt = "ntk or llama3" if k != "dynamic" else "ntk"
+        if k in (YARN, LONGROPE, PER_PAIR, DYNAMIC):
+            alt = "ntk or llama3" if k != DYNAMIC else "ntk"
             return Rule("unsupported", f"refuses rope_scaling type {_hf_type(k)!r} (knows default, linear, llama3): "
                         f"use --method {alt}", _MRS)
-        if k == "linear":
+        if k == LINEAR:
             return Rule("partial", f"reads max_position_embeddings ({L}) as its limit: prompts past it are refused",
                         _MRS)
         return Rule("exact", "", _MRS)
     if runtime == "llama.cpp":
-        if k == "dynamic":
+        if k == DYNAMIC:
             return Rule("unsupported", "llama.cpp has no dynamic NTK: `--to gguf --static` bakes NTK at the target",
                         "formats/gguf_rope.py")
-        hf_converter_ok = k in ("linear", "ntk", "llama3") or (k == "yarn" and not _yarn_custom(spec))
+        hf_converter_ok = k in (LINEAR, THETA, LLAMA3) or (k == YARN and not _yarn_custom(spec))
         note = "" if hf_converter_ok else "llama.cpp's own converter mis-writes this rope from the HF export"
         return Rule("flags", note, _LCPP, "ropeconvert ... --to gguf")
     raise KeyError(runtime)
 
 
 def _hf_type(k: str) -> str:
-    return "longrope" if k == "per_pair" else k
+    return "longrope" if k == PER_PAIR else k  # the generic per-pair HF form is a longrope dict
 
 
 def _yarn_custom(spec: RopeSpec) -> bool:
@@ -118,9 +110,9 @@ def _yarn_custom(spec: RopeSpec) -> bool:
 
 
 def _yarn_written(spec: RopeSpec) -> dict[str, Any]:
-    from ropeconvert.formats.hf_config import _yarn_attention_as_mscale
+    from ropeconvert.convert.methods.yarn import attention_as_mscale
 
-    return _yarn_attention_as_mscale(float(spec.params["attention_factor"]), float(spec.params["factor"]))
+    return attention_as_mscale(float(spec.params["attention_factor"]), float(spec.params["factor"]))
 
 
 def runtime_rows(spec: RopeSpec) -> dict[str, dict[str, str]]:

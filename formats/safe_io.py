@@ -6,6 +6,7 @@ files, search checkpoints, reports) goes through `read_json` / `parse_json`; err
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -109,3 +110,11 @@ def read_json(path: Path, what: str = "file", fix: str = "fix or re-create the f
     """Parse a JSON file that a user (or anyone) may have handed us. `what` names it in messages:
     read_json(p, "config") → "config /x/config.json is not valid JSON (…)"."""
     return parse_json(read_bytes(path, what, limit), f"{what} {path}", fix)
+
+
+def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
+    h = hashlib.sha256()
+    with open_regular(path) as f:  # an unreadable source is a read error (InputError), never "cannot write"
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

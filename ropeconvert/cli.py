@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from inspect import Signature
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import typer
 from typer.core import TyperGroup
@@ -21,6 +22,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
 from ropeconvert import __version__
+from ropeconvert.cli_options import AsJson, Quiet, with_help
 from ropeconvert.cli_publish_validate import PUBLISH_EXAMPLES, VALIDATE_EXAMPLES, note as _note, publish, validate
 from ropeconvert.cli_search import SEARCH_EXAMPLES, search
 from ropeconvert.errors import RopeConvertError
@@ -64,95 +66,40 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-@app.command(epilog="Examples:\n\n" + "\n\n".join(CONVERT_EXAMPLES))
-def convert(
-    model: str = typer.Argument(..., help="Alias (see `ropeconvert methods --models`), Hub id org/name, HF directory or .gguf file."),
-    method: str = typer.Option(..., "--method", "-m", help="Extension method (see `ropeconvert methods`)."),
-    to: str = typer.Option("hf", "--to", help="Export format: hf, gguf or both."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output path (default: MODEL-METHOD-NNk[.gguf])."),
-    factor: Optional[float] = typer.Option(None, "--factor", "-s", help="Scale s = target / original length (dynamic: α)."),
-    target_context: Optional[int] = typer.Option(None, "--target-context", "-t", help="Target length in tokens (instead of --factor)."),
-    original_context: Optional[int] = typer.Option(None, "--original-context", help="Override the trained length from the config."),
-    beta_fast: Optional[float] = typer.Option(None, help="yarn: rotations above which a pair is kept (default 32)."),
-    beta_slow: Optional[float] = typer.Option(None, help="yarn: rotations below which a pair is interpolated (default 1)."),
-    attention_factor: Optional[float] = typer.Option(None, help="yarn/longrope: replace the default attention factor."),
-    mscale: Optional[float] = typer.Option(None, help="yarn: DeepSeek-style mscale (with --mscale-all-dim)."),
-    mscale_all_dim: Optional[float] = typer.Option(None, help="yarn: DeepSeek-style mscale_all_dim."),
-    low_freq_factor: Optional[float] = typer.Option(None, help="llama3: low frequency factor (default 1)."),
-    high_freq_factor: Optional[float] = typer.Option(None, help="llama3: high frequency factor (default 4)."),
-    factors: Optional[Path] = typer.Option(None, "--factors", help="longrope: factor file (CSV, JSON, Phi-3 config.json, search output)."),
-    short_factors: Optional[Path] = typer.Option(None, "--short-factors", help="longrope: short factor file."),
-    allow_non_monotone: bool = typer.Option(False, "--allow-non-monotone", help="longrope: accept non-monotone factors."),
-    window: Optional[int] = typer.Option(None, "--window", help="dpe/selfextend: neighbour window W of exact positions (default original/8)."),
-    group_size: Optional[float] = typer.Option(None, "--group-size", help="selfextend: group size G (default: the smallest power of two keeping W+(N−W)/G ≤ original/2)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="dpe: one scale g per dimension group, e.g. 2,8,2,8 (from `ropeconvert search --method dpe`)."),
-    topk: Optional[int] = typer.Option(None, "--topk", help="dpe: rescale only the top-k pairs per (layer, head) by mean ‖q_i‖·‖k_i‖ (measured on the model; default all)."),
-    dpe_map: Optional[Path] = typer.Option(None, "--dpe-map", help="dpe: the dpe_map.json a DPE search wrote (window, scales, selection)."),
-    replace_scaling: bool = typer.Option(False, "--replace-scaling", help="Replace rope scaling the source already has."),
-    outtype: Optional[str] = typer.Option(None, "--outtype", help="GGUF tensor type for HF sources: f32, f16 (default), bf16 or q8_0. GGUF sources are copied as they are."),
-    static: bool = typer.Option(False, "--static", help="GGUF: bake dynamic NTK at the target length (llama.cpp has no dynamic NTK)."),
-    link: bool = typer.Option(False, "--link", help="Hard-link weights instead of copying (same filesystem)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the source."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    push: Optional[str] = typer.Option(None, "--push", metavar="ORG/NAME", help="Then validate and publish to this Hub repo if validation passed (the GGUF of --to both goes to ORG/NAME-GGUF)."),
-    private: bool = typer.Option(False, "--private", help="--push: create the Hub repo private."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", metavar="ORG/NAME", help="The Hub id MODEL is a copy of, recorded for the model card's base_model (a local directory is otherwise 'a local model')."),
-    validate: bool = typer.Option(False, "--validate", help="Then measure base vs extended (ppl, passkey) and write the report."),
-):
+def convert(**given):
     """Extend MODEL's context with METHOD and export it."""
+    from ropeconvert.convert.methods import knobs as knob_table
+    from ropeconvert.convert.options import ConvertOptions
     from ropeconvert.convert.pipeline import convert as run
 
-    if push is not None:  # refuse a bad repo id or a missing token before the slow part
-        from ropeconvert.formats.hub import preflight
-
-        preflight(push)
-    if base_model is not None:
-        from ropeconvert.formats.hub import check_repo_id
-
-        check_repo_id(base_model)
-
-    knobs = dict(factor=factor, target_context=target_context, beta_fast=beta_fast, beta_slow=beta_slow,
-                 attention_factor=attention_factor, mscale=mscale, mscale_all_dim=mscale_all_dim,
-                 low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor, factors=factors,
-                 short_factors=short_factors, allow_non_monotone=allow_non_monotone or None, window=window,
-                 group_size=group_size, scales=scales, topk=topk, dpe_map=dpe_map)
-    result = run(model, method, to=to, out=out, knobs=knobs, original_context=original_context, force=force,
-                 link=link, replace_scaling=replace_scaling, revision=revision, progress=not quiet,
-                 outtype=outtype, static=static, base_model=base_model)
-    say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo  # --json: stdout holds only JSON
-    if not as_json:
-        s = result.spec
-        say(f"{s.method}: {s.original_context} → {s.target_context} tokens (s = {s.scale:g}), "
-            f"rope_theta {s.rope_theta:g}, attention factor {s.attention_factor:.6g}")
-        if s.position_map is not None:
-            pm = s.position_map
-            chosen = "all pairs" if pm.selected is None else f"top {int(pm.selected[0, 0].sum())} of {pm.n_pairs} pairs"
-            say(f"position map: window {pm.window}, pair groups {list(pm.boundaries)}, scales "
-                f"{[float(f'{g:g}') for g in pm.scales]}, {chosen} per (layer, head); runs in transformers with "
-                "`import ropeconvert` (attn_implementation ropeconvert_dpe)")
-        for note in result.notes:  # llama.cpp running an approximation of a position map is a warning
-            say(f"{'warning' if note.startswith(('APPROXIMATION', 'RUNTIME')) else 'note'}: {note}")
-        for kind, path in result.outputs.items():
-            say(f"wrote {kind.upper()} export: {path}")
-    if validate or push is not None:  # --push implies --validate: only validated exports are published
-        from ropeconvert.validators.command import validate_outputs
-
-        for line in validate_outputs(result.outputs, model, quiet):
-            say(line)
-    published = []
-    if push is not None:  # publish refuses an export whose validation failed: the card shows the evidence
-        from ropeconvert.formats.hub import publish
-
-        for kind, path in result.outputs.items():
-            repo = push + "-GGUF" if kind == "gguf" and len(result.outputs) > 1 else push
-            published.append(publish(path, repo, private=private, progress=not quiet, log=_note, base_model=base_model))
-            for line in published[-1].lines():
-                say(line)
+    quiet, as_json = given.pop("quiet"), given.pop("as_json")
+    # unset knobs are None (a bool knob's absent flag too): build_spec passes on only what the user set
+    knobs = {name: given.pop(name) for name in knob_table.cli_names()}
+    knobs = {name: None if value is False else value for name, value in knobs.items()}
+    # convert → validate (--validate, --push) → publish (--push)
+    # each stage's lines as soon as it is done; --json: stdout holds only the JSON, the lines go to stderr
+    result = run(ConvertOptions(**given, knobs=knobs, progress=not quiet), log=_note,
+                 say=(lambda line: typer.echo(line, err=True)) if as_json else typer.echo)
     if as_json:
-        extra = {"published": [r.to_dict() for r in published]} if published else {}
-        typer.echo(json.dumps({**result.to_dict(), **extra}, indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+
+
+def _convert_signature() -> Signature:
+    """ConvertOptions' fields, with one option per method knob (registry + knobs.py) after --out."""
+    from ropeconvert.cli_options import field_parameters, knob_option, parameter
+    from ropeconvert.convert.methods import knobs
+    from ropeconvert.convert.options import ConvertOptions
+
+    fields = field_parameters(ConvertOptions)
+    at = [p.name for p in fields].index("out") + 1
+    knob_params = [parameter(n, alias, False if get_args(alias)[0] is bool else None)
+                   for n, alias in ((n, knob_option(n)) for n in knobs.cli_names())]
+    return Signature(fields[:at] + knob_params + fields[at:]
+                     + [parameter("quiet", Quiet, False), parameter("as_json", AsJson, False)])
+
+
+convert.__signature__ = _convert_signature()  # typer reads the options from the signature
+app.command(epilog="Examples:\n\n" + "\n\n".join(CONVERT_EXAMPLES))(convert)
 
 
 @app.command()
@@ -168,7 +115,7 @@ def methods(models: bool = typer.Option(False, "--models", help="List the model 
 
     for _, m in METHODS.items():
         typer.echo(f"{m.name:<9} {m.summary}")
-        typer.echo(f"{'':<9} HF: {m.hf}; GGUF: {m.gguf}")
+        typer.echo(f"{'':<9} HF: {m.hf_text}; GGUF: {m.gguf_text}")
         typer.echo(f"{'':<9} {m.paper}")
 
 
@@ -189,7 +136,7 @@ def corpora(only: Optional[str] = typer.Option(None, "--only", help="Fetch one c
 
 @app.command()
 def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .gguf file."),
-            as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+            as_json: with_help(AsJson, "Print as JSON.") = False):
     """Show the rope a checkpoint carries: type, theta, factors, original/target length."""
     from ropeconvert.formats.inspect import describe
 
@@ -204,20 +151,12 @@ def inspect(path: Path = typer.Argument(..., help="An HF model directory or a .g
 @app.command()
 def verify(export: Path = typer.Argument(..., help="An export directory or .gguf file written by ropeconvert."),
            source: Optional[Path] = typer.Option(None, "--source", help="The source it was made from (HF directory, or the GGUF it was re-extended from): weights compared byte for byte. Exports record no machine path."),
-           quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report problems.")):
+           quiet: with_help(Quiet, "Only report problems.") = False):
     """Re-check an export: sha256 of every file (HF) or of the whole file (GGUF), rope = the spec it was made from,
     and with --source the weights identical to the source's."""
     from ropeconvert.errors import InputError
-    from ropeconvert.formats.gguf_read import is_gguf
+    from ropeconvert.formats.inspect import verify as check
 
-    if export.is_dir():
-        from ropeconvert.formats.manifest import verify_hf as check
-    elif export.is_file() and (is_gguf(export) or export.suffix == ".gguf"):  # a damaged magic is a change too
-        from ropeconvert.formats.gguf_integrity import verify_gguf as check
-    else:
-        raise InputError(f"{export} is neither an export directory nor a GGUF file", "pass what ropeconvert wrote")
-    if source is not None and not source.exists():
-        raise InputError(f"--source {source} not found", "pass the directory or .gguf the export was made from")
     problems, done = check(export, source)
     for line in ([] if quiet else done):
         typer.echo(f"ok    {line}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
+
+from ropeconvert.cli_options import AsJson, BaseModel, Private, Quiet, Revision, with_help
 
 try:  # typer ≥ 0.24 vendors click; older releases use the click package itself
     from typer._click import exceptions as click_exc
@@ -35,13 +36,13 @@ VALIDATE_EXAMPLES = [
 def publish(
     export: Path = typer.Argument(..., help="An export written by ropeconvert: HF directory or .gguf file."),
     repo: str = typer.Option(..., "--repo", metavar="ORG/NAME", help="Hub repository (created if missing)."),
-    private: bool = typer.Option(False, "--private", help="Create the repository private."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing; default main)."),
+    private: with_help(Private, "Create the repository private.") = False,
+    revision: with_help(Revision, "Branch to commit to (created if missing; default main).") = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write the card locally; upload nothing."),
     skip_validation: bool = typer.Option(False, "--skip-validation", help="Publish without a passed validation; the card says so."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", metavar="ORG/NAME", help="The Hub id of the base (the card's base_model) when the export was made from a local copy."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    base_model: with_help(BaseModel, "The Hub id of the base (the card's base_model) when the export was made from a local copy.") = None,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
 ):
     """Publish an export to the Hugging Face Hub in one commit, with a model card built from its validation report.
 
@@ -57,48 +58,25 @@ def publish(
         typer.echo(line)
 
 
-def validate(
-    export: Path = typer.Argument(..., help="The export: HF directory or .gguf (with --parity: the HF directory)."),
-    gguf: Optional[Path] = typer.Argument(None, help="--parity only: the GGUF export to compare with."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model (alias, Hub id, path); default: the export's recorded source."),
-    tasks: str = typer.Option("ppl,passkey", "--tasks", help="Comma-separated: ppl, passkey, niah, ruler (every offline RULER task) or RULER task names (niah_single_1, vt, cwe, …)."),
-    lengths: Optional[str] = typer.Option(None, "--lengths", help="Token lengths, e.g. 4096,8192,16384 (default: original/2, original, target)."),
-    passkey_lengths: Optional[str] = typer.Option(None, "--passkey-lengths", help="Passkey lengths (default: --lengths)."),
-    niah_lengths: Optional[str] = typer.Option(None, "--niah-lengths", help="4-needle lengths (default: --lengths)."),
-    depths: Optional[str] = typer.Option(None, "--depths", help="Passkey depths in [0, 1] (default 0.1,0.5,0.9)."),
-    trials: int = typer.Option(2, "--trials", help="Passkey trials per (length, depth) cell."),
-    niah_samples: int = typer.Option(2, "--niah-samples", help="4-needle samples per length."),
-    documents: int = typer.Option(2, "--documents", help="Perplexity documents."),
-    text: Optional[Path] = typer.Option(None, "--text", help="Your own text: a .txt file or a directory of them."),
-    corpus: str = typer.Option("austen", "--corpus", help="Offline corpus: austen or shakespeare."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Hub dataset instead (online): pg19, proof-pile or ORG/NAME[:GLOB]."),
-    truncate: bool = typer.Option(True, "--truncate/--sliding", help="One window per document, or slide with --stride."),
-    stride: int = typer.Option(256, "--stride", help="--sliding: tokens between windows."),
-    max_windows: int = typer.Option(10, "--max-windows", help="--sliding: windows per document at most."),
-    parity: bool = typer.Option(False, "--parity", help="Compare an HF export (transformers) with a GGUF (llama.cpp)."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="--parity: sequence length (default original + 1024)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for passkeys, needles and RULER samples."),
-    samples: int = typer.Option(4, "--samples", help="RULER samples per task and length (RULER uses 500)."),
-    threshold: str = typer.Option("85.6", "--threshold", help="RULER effective-length threshold (0-100], or 'base': the base's own average at its original context."),
-    qa_file: Optional[str] = typer.Option(None, "--qa-file", metavar="FILE[,FILE]", help="SQuAD (qa_1) and/or HotpotQA (qa_2) JSON files for RULER's QA tasks."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-):
+def validate(**values):
     """Measure base vs extended (perplexity, passkey, 4-needle, RULER) and write report.json, PNG plots and report.md."""
     from ropeconvert.validators import command
+    from ropeconvert.validators.options import from_cli
 
-    if parity or gguf is not None:
-        if not (parity and gguf is not None):
+    cmd, opts = from_cli(values)  # the flags are ValidateOptions' fields (validators/options.py), built below
+    if cmd.parity or cmd.gguf is not None:
+        if not (cmd.parity and cmd.gguf is not None):
             raise click_exc.UsageError("a second path needs --parity, and --parity needs HF_DIR and GGUF")
         from ropeconvert.validators.parity import parity as run_parity
 
-        result, path = run_parity(export, gguf, tokens=tokens, corpus=str(text) if text else corpus, device=device)
-        typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(command.parity_lines(result, path)))
+        result, path = run_parity(cmd.export, cmd.gguf, tokens=opts.tokens,
+                                  corpus=str(opts.text) if opts.text else opts.corpus, device=opts.device)
+        typer.echo(json.dumps(result, indent=2) if cmd.as_json else "\n".join(command.parity_lines(result, path)))
         return
-    report, path, lines = command.run(
-        export, base, tasks=tasks, lengths=lengths, passkey_lengths=passkey_lengths, niah_lengths=niah_lengths,
-        depths=depths, trials=trials, niah_samples=niah_samples, documents=documents, text=text, corpus=corpus,
-        dataset=dataset, truncate=truncate, stride=stride, max_windows=max_windows, device=device, seed=seed,
-        quiet=quiet, samples=samples, threshold=threshold, qa_file=qa_file)
-    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(lines))
+    report, path, lines = command.run(cmd.export, cmd.base, opts)
+    typer.echo(json.dumps(report, indent=2) if cmd.as_json else "\n".join(lines))
+
+
+from ropeconvert.validators.options import cli_signature  # noqa: E402  (light: dataclasses and typer only)
+
+validate.__signature__ = cli_signature()  # typer reads validate's flags from ValidateOptions' fields

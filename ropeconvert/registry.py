@@ -24,6 +24,13 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def unregister(self, name: str) -> T:
+        """Take `name` out again (a test that registers its own entry removes it afterwards)."""
+        if self._frozen:
+            raise RuntimeError(f"the {self.kind} registry is frozen; {name!r} stays")
+        self.get(name)  # an unknown name: the same "did you mean" error as a lookup
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

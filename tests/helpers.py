@@ -75,3 +75,32 @@ def assert_clean_refusal(proc: subprocess.CompletedProcess, out: Path | None, so
     if source is not None and before is not None:
         assert tree_digest(source) == before, f"source {source} changed"
     return line
+
+
+def temp_bytes(out: Path) -> int | None:
+    """Bytes written so far under the temporaries of `out` (`.NAME.ropeconvert-tmp-*`; not a commit's `-old`, the
+    previous export moved aside), or None while there is none."""
+    total = None
+    for tmp in Path(out).parent.glob(f".{Path(out).name}.ropeconvert-tmp-*"):
+        if tmp.name.endswith("-old"):
+            continue
+        files = [tmp] if not tmp.is_dir() else [p for p in tmp.rglob("*")]
+        for p in files:
+            try:
+                total = (total or 0) + (p.stat().st_size if p.is_file() else 0)
+            except OSError:  # renamed or removed meanwhile
+                pass
+    return total
+
+
+def wait_mid_write(proc: subprocess.Popen, out: Path, min_bytes: int = 1 << 20, timeout: float = 300) -> bool:
+    """Until a temporary of `out` holds `min_bytes` while `proc` runs: True, the export is being written (a signal
+    sent now lands in the write phase); False when the process ended first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (temp_bytes(out) or 0) >= min_bytes:
+            return True
+        time.sleep(0.002)
+    return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,14 +117,15 @@ def hub_env(stub, tmp: Path, **extra) -> dict:
 
 
 @pytest.fixture(scope="session")
-def hub_base(tmp_path_factory, smollm2_hf) -> Path:
-    return cached_base(tmp_path_factory.mktemp("hf-cache"), smollm2_hf)
+def hub_base(hub_snapshot) -> Path:
+    """conftest's one acme/tiny-llama snapshot, under the name the hub test modules import from here."""
+    return hub_snapshot
 
 
 @pytest.fixture
-def hf_export(tmp_path, hub_base) -> Path:
-    """A fresh validated export of acme/tiny-llama (yarn ×2) for each test: tests change it."""
-    export = make_export(tmp_path, hub_base)
+def hf_export(tmp_path, yarn_export) -> Path:
+    """A fresh copy of the session's YaRN ×2 export of acme/tiny-llama with a report, for each test: tests change it."""
+    export = Path(shutil.copytree(yarn_export, tmp_path / yarn_export.name))
     write_report(export, export_spec(export))
     return export
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ropeconvert.convert.search.dpe import DpeOptions, search
+from ropeconvert.convert.search.dpe import search
 from ropeconvert.convert.search.dpe_select import pair_scores, top_k
+from ropeconvert.convert.search.options import SearchOptions
 from ropeconvert.errors import SpecError
 
 
@@ -48,9 +49,10 @@ def test_pair_scores_match_pre_rope_projections(tiny_llama):
         top_k(got, 9)
 
 
-def test_detection_sweep_log_choice_and_resume(tiny_llama, tmp_path):
-    opts = DpeOptions(str(tiny_llama), target_context=512, window=32, groups=2, topk=6, lengths=(512, 256, 128),
-                      samples=1, out=tmp_path / "s", progress=False)
+def test_detection_sweep_log_choice_and_resume(tiny_llama_49k, tmp_path):
+    # needle prompts are real words: the model with SmolLM2's tokenizer (the scores decide which maps the pass tries)
+    opts = SearchOptions(str(tiny_llama_49k), method="dpe", target_context=512, window=32, groups=2, topk=6,
+                         lengths=(512, 256, 128), samples=1, out=tmp_path / "s", progress=False)
     first = search(opts)
     log = json.loads(first.log.read_text())
     assert log["settings"]["candidates"] == [1.0, 2.0, 4.0] and log["settings"]["fixed_scale"] is None
@@ -68,21 +70,21 @@ def test_detection_sweep_log_choice_and_resume(tiny_llama, tmp_path):
     written = json.loads(first.map.read_text())
     assert written["format"] == "ropeconvert.dpe_map/1" and written["position_map"]["scales"] == first.scales
     assert np.array(written["position_map"]["shape"]).tolist() == [2, 4, 8] and first.plot.is_file()
-    again = search(DpeOptions(**{**opts.__dict__, "resume": True}))
+    again = search(SearchOptions(**{**opts.__dict__, "resume": True}))
     assert again.new_evaluations == 0 and again.scales == first.scales
     with pytest.raises(Exception, match="already holds a DPE search"):
         search(opts)
-    fixed = search(DpeOptions(**{**opts.__dict__, "out": tmp_path / "f", "fixed_scale": 3.0}))
+    fixed = search(SearchOptions(**{**opts.__dict__, "out": tmp_path / "f", "fixed_scale": 3.0}))
     assert fixed.evaluations == 1 + 2 * 3  # the all-3 map, then every candidate per group (3 is not one)
     assert json.loads(fixed.log.read_text())["evaluations"][0]["scales"] == [3.0, 3.0]
 
 
 def test_detection_refusals_before_loading(tiny_llama, tmp_path):
-    base = dict(model=str(tiny_llama), target_context=512, window=32, groups=2, out=tmp_path / "s", progress=False)
+    base = dict(model=str(tiny_llama), method="dpe", target_context=512, window=32, groups=2, out=tmp_path / "s", progress=False)
     with pytest.raises(SpecError, match="needs 7 evaluations"):
-        search(DpeOptions(**base, lengths=(512, 256, 128), budget=6))
+        search(SearchOptions(**base, lengths=(512, 256, 128), budget=6))
     with pytest.raises(SpecError, match=r"not an effective length in \[32, 512\]"):
-        search(DpeOptions(**base, lengths=(1024,)))
+        search(SearchOptions(**base, lengths=(1024,)))
     with pytest.raises(SpecError, match="divide the 8 frequency pairs"):
-        search(DpeOptions(**{**base, "groups": 3}))
+        search(SearchOptions(**{**base, "groups": 3}))
     assert not (tmp_path / "s").exists()

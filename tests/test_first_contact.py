@@ -83,19 +83,13 @@ def test_make_targets_refuse_missing_variables_and_help_lists_them(tmp_path):
         assert target in proc.stdout
 
 
-def test_validate_finds_the_corpora_in_the_default_place(local_model, tmp_path):
-    """In a plain shell (no ROPECONVERT_CORPORA) validate reads what `make demo` / `ropeconvert corpora` fetched."""
-    env = default_env()
-    fetched = run_cli("corpora", env=env, cwd=tmp_path)
+def test_validate_finds_the_corpora_in_the_default_place(validated_export, tmp_path):
+    """In a plain shell (no ROPECONVERT_CORPORA) validate reads what `make demo` / `ropeconvert corpora` fetched:
+    the session's validated export (conftest) was validated in such a shell, with no --text."""
+    fetched = run_cli("corpora", env=default_env(), cwd=tmp_path)
     assert fetched.returncode == 0, fetched.stderr
     assert "austen: " in fetched.stdout
-    out = tmp_path / "exp"
-    assert run_cli(local_model, "-m", "linear", "-s", "2", "-o", out, "-q", cwd=tmp_path).returncode == 0
-    proc = subprocess.run([sys.executable, "-m", "ropeconvert", "validate", str(out), "--base", str(local_model),
-                           "--tasks", "ppl", "--lengths", "128,384", "--documents", "1", "-q"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "report.json").read_text())["corpus"]["name"] == "austen"
+    assert json.loads((validated_export[0] / "report.json").read_text())["corpus"]["name"] == "austen"
 
 
 def test_corpora_rejects_an_unknown_name():

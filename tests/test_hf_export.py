@@ -81,3 +81,63 @@ def test_writer_api_and_tokenizer_length(tiny_llama, tmp_path):
     saved = json.loads((path / "ropeconvert.json").read_text())
     assert saved["spec"]["method"] == "llama3" and saved["spec"]["target_context"] == 2048
     assert json.loads((path / "tokenizer_config.json").read_text()).get("model_max_length") == cfg.get("model_max_length")
+
+
+CONFIG = {"model_type": "llama", "hidden_size": 256, "num_attention_heads": 4, "rope_theta": 1e4,
+          "max_position_embeddings": 4096}
+
+
+@pytest.mark.parametrize("rope,message", [
+    ({"rope_type": "sideways", "factor": 2.0},
+     "config.json: rope type 'sideways' is not supported — supported: default, linear, dynamic, yarn, longrope, llama3"),
+    ({"rope_type": "llama3", "factor": 2.0},
+     "config.json: rope_scaling of type 'llama3' lacks 'low_freq_factor' — give the complete rope_scaling the model "
+     "was published with"),
+    ({"rope_type": "linear"}, "config.json: rope_scaling of type 'linear' lacks 'factor'"),
+])
+def test_reading_back_refuses_unknown_types_and_missing_keys(rope, message):
+    from ropeconvert.errors import RopeConvertError
+
+    with pytest.raises(RopeConvertError) as e:
+        spec_from_hf_config({**CONFIG, "rope_scaling": rope})
+    assert e.value.one_line().startswith(message)
+
+
+def test_phi3_su_alias_reads_as_longrope():
+    config = {**CONFIG, "max_position_embeddings": 16384, "original_max_position_embeddings": 4096,
+              "rope_scaling": {"type": "su", "long_factor": [2.0] * 32, "short_factor": [1.0] * 32}}
+    spec = spec_from_hf_config(config)
+    assert (spec.method, spec.kind, spec.target_context) == ("longrope", "longrope", 16384)
+    assert spec.attention_factor == pytest.approx(np.sqrt(1 + np.log(4) / np.log(4096)))
+
+
+def test_a_method_with_its_own_rope_type_is_written_and_read_through_the_table():
+    """Both directions come from the method's HfRope: a method registered here is exported under its own rope_type
+    and read back into itself, and the refusal for unknown types lists it."""
+    from ropeconvert.convert.methods import METHODS, rope_method
+    from ropeconvert.convert.methods._registry import HfRope, need
+    from ropeconvert.convert.spec import LINEAR, RopeSpec, resolve_target
+    from ropeconvert.errors import UnsupportedError
+    from ropeconvert.formats.hf_config import hf_config_for
+
+    def halve(base, *, factor: float | None = None) -> RopeSpec:
+        s, target = resolve_target(base, factor, None)
+        return RopeSpec(method="halve-test", base=base, target_context=target, rope_theta=base.rope_theta,
+                        factors=(s,) * base.n_pairs, params={"factor": s})
+
+    hf = HfRope("halve_test", write=lambda spec: {"factor": float(spec.params["factor"])},
+                read=lambda rope, config, base: {"factor": need(rope, "factor")})
+    rope_method("halve-test", paper="https://example.org", summary="test", kind=LINEAR, hf=hf)(halve)
+    try:
+        spec = build_spec("halve-test", base_rope_from_config(CONFIG), factor=2.0)
+        written = hf_config_for(spec, CONFIG)
+        assert written["rope_scaling"] == {"rope_type": "halve_test", "factor": 2.0, "type": "halve_test",
+                                           "rope_theta": 1e4}
+        assert written["max_position_embeddings"] == 4096  # the linear kind keeps the original (envelope policy)
+        again = spec_from_hf_config(written)
+        assert again == spec and again.method == "halve-test"
+        with pytest.raises(UnsupportedError) as e:
+            spec_from_hf_config({**CONFIG, "rope_scaling": {"rope_type": "sideways", "factor": 2.0}})
+        assert e.value.one_line().endswith("supported: default, linear, dynamic, yarn, longrope, llama3, halve_test")
+    finally:
+        METHODS.unregister("halve-test")

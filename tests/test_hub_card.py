@@ -42,8 +42,8 @@ def test_dry_run_prints_plan_and_writes_card(hf_export):
     listed = dict(re.findall(r"^  add\s+(\S+)\s+(\d[\d.]* k?M?G?B)$", out, flags=re.M))
     expected = {p.name for p in hf_export.iterdir() if p.is_file()}
     assert set(listed) == expected  # every file of the export, the card and the report's plots included
-    mb = (hf_export / "model.safetensors").stat().st_size / 1e6
-    assert listed["model.safetensors"] == f"{mb:.1f} MB"
+    size = (hf_export / "model.safetensors").stat().st_size  # the small-vocabulary tiny model is under 1 MB
+    assert listed["model.safetensors"] == (f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB")
 
     meta, body = card_of(card)
     assert meta["base_model"] == BASE_ID  # recognised from the huggingface_hub cache path of the source
@@ -152,7 +152,7 @@ def test_dpe_card_imports_ropeconvert(hf_export):
     from ropeconvert.formats.model_card import render_card
 
     export = load_export(hf_export)
-    export.spec = dict(export.spec, method="dpe")  # DPE runs through ropeconvert's registered attention
+    export.spec = dict(export.spec, method="dpe", kind="position_map")  # DPE runs through ropeconvert's attention
     card = render_card(export, repo_id="acme/x", base_id=None, license_fields={"license": "other"}, license_note=None)
     code = card.split("```python\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert code[0].startswith("import ropeconvert") and code.index(code[0]) < code.index(

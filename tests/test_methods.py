@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,55 @@ def test_registry_rejects_duplicates_and_suggests():
     with pytest.raises(RuntimeError):
         reg.register("beta", 3)
     assert {"linear", "ntk", "dynamic", "yarn", "longrope", "llama3"} <= set(METHODS)
+
+
+def test_every_method_declares_a_kind_its_specs_carry():
+    from ropeconvert.convert.spec import KINDS, POSITION_MAP
+
+    for name, info in METHODS.items():
+        assert info.kind in KINDS, name
+        assert info.hf is None or info.kind != POSITION_MAP
+    assert [build_spec(m, LLAMA2, factor=4.0).kind for m in ("linear", "ntk", "dynamic", "yarn", "llama3")] == \
+        ["linear", "theta", "dynamic", "yarn", "llama3"]
+    spec = build_spec("longrope", LLAMA2, factors=[2.0] * 64, factor=4.0)
+    assert spec.kind == "longrope" and spec.to_dict()["kind"] == "longrope"
+
+
+def test_specs_written_before_kinds_read_back_with_their_kind():
+    old = build_spec("yarn", LLAMA2, factor=4.0).to_dict()
+    del old["kind"]
+    assert RopeSpec.from_dict(old).kind == "yarn"
+    made_up = RopeSpec(method="unknown", base=LLAMA2, target_context=8192, rope_theta=1e4, factors=(2.0,) * 64)
+    assert made_up.kind == "per_pair"  # a method this install does not know: classified by its fields
+
+
+@pytest.mark.parametrize("kind,fields,needle", [
+    ("linear", {"factors": tuple(np.linspace(1, 2, 64))}, "a linear rope divides every pair by the same factor"),
+    ("theta", {"factors": (2.0,) * 64}, "a theta rope has no factors"),
+    ("yarn", {}, "a yarn rope needs factors"),
+    ("position_map", {}, "a position_map rope needs position_map"),
+    ("sideways", {}, "rope kind 'sideways' is not one of theta, linear"),
+])
+def test_spec_refuses_a_kind_its_fields_contradict(kind, fields, needle):
+    with pytest.raises(SpecError) as e:
+        RopeSpec(method="x", base=LLAMA2, target_context=8192, rope_theta=1e4, kind=kind, **fields)
+    assert needle in e.value.one_line()
+
+
+def test_knobs_come_from_the_signature():
+    knobs = {k.name: k for k in METHODS.get("yarn").knobs}
+    assert (knobs["beta_fast"].annotation, knobs["beta_fast"].cli_type, knobs["beta_fast"].default) == ("float", float, 32.0)
+    assert (knobs["mscale"].cli_type, knobs["mscale"].default, knobs["mscale"].flag) == (float, None, "--mscale")
+    lr = {k.name: k for k in METHODS.get("longrope").knobs}
+    assert lr["factors"].cli_type is Path and lr["allow_non_monotone"].cli_type is bool
+    dpe = {k.name: k for k in METHODS.get("dpe").knobs}
+    assert dpe["scales"].cli_type is str and dpe["dpe_map"].cli_type is Path and dpe["selected"].cli_type is None
+    assert METHODS.get("linear").params == ["factor", "target_context"]
+
+
+def test_registry_unregisters():
+    reg = Registry("thing")
+    reg.register("alpha", 1)
+    assert reg.unregister("alpha") == 1 and "alpha" not in reg
+    with pytest.raises(UnknownNameError):
+        reg.unregister("alpha")

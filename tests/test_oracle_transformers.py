@@ -109,3 +109,29 @@ def test_static_ntk_theta(tmp_path, model, factor):
     inv_tf, attn_tf = transformers_rope(tmp_path, spec.target_context)
     np.testing.assert_allclose(inv_tf, spec.inv_freq(spec.target_context), rtol=1e-6)
     assert attn_tf == 1.0
+
+
+@pytest.mark.parametrize("attention", [1.0, 1.25])
+@pytest.mark.parametrize("model", MODELS[:3], ids=lambda m: f"{m[0]}-d{m[1]}")
+def test_generic_per_pair_form_matches_transformers(tmp_path, model, attention):
+    """A per_pair spec (no native rope_type) goes out as longrope with long = short factors and the attention factor
+    always written: transformers then uses exactly these divisors at every length."""
+    from ropeconvert.convert.spec import PER_PAIR, RopeSpec
+
+    config = tiny_config(*model)
+    base = base_rope_from_config(config)
+    f = 1.0 + 3.0 * np.random.default_rng(0).random(base.n_pairs)  # arbitrary and not monotone
+    spec = RopeSpec(method="made-up", base=base, target_context=3 * base.original_context, rope_theta=base.rope_theta,
+                    factors=tuple(f), attention_factor=attention)
+    assert spec.kind == PER_PAIR
+    exported = hf_config_for(spec, config)
+    assert exported["rope_scaling"]["rope_type"] == "longrope" and exported["max_position_embeddings"] == spec.target_context
+    (tmp_path / "config.json").write_text(json.dumps(exported))
+    for seq_len in (spec.original_context // 2, spec.original_context + 1, spec.target_context):
+        inv_tf, attn_tf = transformers_rope(tmp_path, seq_len)
+        np.testing.assert_allclose(inv_tf, spec.inv_freq(seq_len), rtol=1e-6, err_msg=f"inv_freq at {seq_len}")
+        assert attn_tf == pytest.approx(attention, rel=1e-6)
+    again = spec_from_hf_config(exported)  # read back as longrope: the same rope
+    for n in (spec.original_context, spec.target_context):
+        np.testing.assert_allclose(again.inv_freq(n), spec.inv_freq(n), rtol=1e-12)
+    assert again.attention_factor == pytest.approx(attention, rel=1e-12)

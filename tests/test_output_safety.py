@@ -164,7 +164,8 @@ def test_force_replaces_previous_exports_and_empty_entries(tiny_llama, tmp_path,
 
 
 def _during_write(monkeypatch, module: str, action):
-    """Run `action(out)` after the writer in `module` filled its temporary output and before it is committed."""
+    """Run `action(out)` after the writer in `module` (hf, or gguf_writer for every GGUF) filled its temporary
+    output and before it is committed."""
     @contextmanager
     def wrapped(out, **kw):
         with atomic_output(out, **kw) as tmp:
@@ -189,7 +190,7 @@ def test_both_force_with_a_failing_gguf_half_keeps_both_previous_outputs(failure
                                                                           capsys, monkeypatch):
     out = tmp_path / "x"
     ok([tiny_llama, "-m", "linear", "-s", "2", "-q", "--to", "both", "-o", out], capsys, monkeypatch)
-    _during_write(monkeypatch, "gguf", _raise(failure))  # the new GGUF is complete in its temporary file, then fails
+    _during_write(monkeypatch, "gguf_writer", _raise(failure))  # the new GGUF is complete in its temporary file, then fails
     refused([tiny_llama, *YARN, "--to", "both", "-o", out, "--force"], needle, capsys, monkeypatch, tmp_path, code)
 
 
@@ -203,7 +204,7 @@ def test_both_with_a_method_the_gguf_cannot_carry_writes_nothing(tiny_llama, tmp
 def test_both_commits_together_or_not_at_all(tiny_llama, tmp_path, capsys, monkeypatch):
     out = tmp_path / "x"
     # another process writes <out>.gguf meanwhile: this run keeps neither half
-    _during_write(monkeypatch, "gguf", lambda o: o.write_bytes(b"theirs"))
+    _during_write(monkeypatch, "gguf_writer", lambda o: o.write_bytes(b"theirs"))
     code, err = run_main([tiny_llama, *YARN, "--to", "both", "-o", out], capsys, monkeypatch)
     assert code == 2 and "appeared while this export was running" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gguf"] and (tmp_path / "x.gguf").read_bytes() == b"theirs"
@@ -229,7 +230,7 @@ def test_both_commits_together_or_not_at_all(tiny_llama, tmp_path, capsys, monke
 @pytest.mark.parametrize("module,to,appears", [
     ("hf", "hf", lambda o: o.mkdir()),  # os.rename would silently replace an empty directory
     ("hf", "hf", lambda o: o.mkdir() or (o / "theirs").write_text("x")),
-    ("gguf", "gguf", lambda o: o.write_bytes(b"theirs")),  # ... and any file
+    ("gguf_writer", "gguf", lambda o: o.write_bytes(b"theirs")),  # ... and any file
 ], ids=["empty-dir", "dir", "file"])
 def test_an_output_that_appears_meanwhile_is_never_replaced(module, to, appears, tiny_llama, tmp_path, capsys,
                                                             monkeypatch):

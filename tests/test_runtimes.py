@@ -1,16 +1,19 @@
-"""Issue 18: every export computes the same rope in vLLM, SGLang and mlx-lm as in transformers, or the export says
-it does not. Each method's exported config.json is run through each installed runtime's own rope code (validators/
-runtime_check.py) before, just past and well past the original length (mistral.rs, which has no rope API, loads the
-whole export); the measured agreement must equal what the
-rules table (formats/runtimes.py) claims — a runtime the table calls exact must match, one it calls partial or
-unsupported must really differ (so the warning is needed). Runtimes not installed skip with the reason
-(`pip install 'ropeconvert[runtimes]'`, which `make install` does)."""
+"""Issue 18: every export computes the same rope in vLLM, SGLang, mlx-lm, mistral.rs and llama.cpp as in
+transformers, or the export says it does not. Each method is exported from a tiny random Llama and Phi-3 (fused
+qkv/gate_up projections; weights sharpened so attention depends on position) and run through every runtime
+(validators/runtime_check.py): vLLM's, SGLang's and mlx-lm's own rope code on the rotated query, mistral.rs (the
+export) and llama.cpp (the `--to gguf` export of it) on log-probs of the same tokens, before, just past and well
+past the original length. The measured agreement must equal what the rules table (formats/runtimes.py) claims — a
+runtime the table calls exact must match, one it calls partial or unsupported must really differ or refuse (so the
+export's warning is needed). Every runtime is installed by `make install` (the [runtimes] and [llamacpp] extras)."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +25,15 @@ from ropeconvert.formats.hf_config import base_rope_from_config, hf_config_for
 from ropeconvert.formats.hub_export import load_export
 from ropeconvert.formats.model_card import render_card
 from ropeconvert.formats.runtimes import LABELS, RUNTIMES, export_warnings, rule
+from ropeconvert.formats.source import read_config
 from ropeconvert.validators import runtime_check
 
-CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 256, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 64, "num_hidden_layers": 1,
+from conftest import TOKENIZER_FILES, vocab_size_of
+
+CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 64, "num_hidden_layers": 1,
           "vocab_size": 64, "rope_theta": 10000.0, "max_position_embeddings": 256}
-N_PAIRS = 32
+N_PAIRS = 8  # the tiny models' head_dim 16
 LONG = [round(v, 2) for v in np.linspace(1.0, 5.0, N_PAIRS)]
 SHORT = [round(v, 2) for v in np.linspace(1.0, 2.0, N_PAIRS)]
 CASES = {  # factor 4 on a 256-token model, as in the issue
@@ -42,66 +48,123 @@ CASES = {  # factor 4 on a 256-token model, as in the issue
     "longrope": ("longrope", {"factor": 4.0, "factors": LONG, "short_factors": SHORT}),
     "longrope-attention-1.3": ("longrope", {"factor": 4.0, "factors": LONG, "attention_factor": 1.3}),
 }
-MEASURED = ("vllm", "sglang", "mlx-lm")
+# transformers' Phi3Config accepts rope type longrope only (its validate_rope), as real Phi-3 checkpoints carry; ntk
+# writes no rope dict at all
+MATRIX = [("llama", case) for case in CASES] + [("phi3", c) for c in ("ntk", "longrope", "longrope-attention-1.3")]
+ARCHS = ("llama", "phi3")
+COMPARED = ("vllm", "sglang", "mlx-lm", "mistral.rs", "llama.cpp")
 
 
-def spec_for(case: str):
-    method, knobs = CASES[case]
-    return build_spec(method, base_rope_from_config(CONFIG), **knobs)
+def sharp_model(out: Path, tokenizer_dir: Path, model_type: str) -> Path:
+    """A tiny random model (2 layers, head_dim 16, original context 256) with weights ×5 and Q/K ×10 more, so that
+    a rope change moves log-probs well past the runtimes' tolerance (test_each_method_moves_the_logprobs)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-
-@lru_cache(maxsize=None)
-def measured(case: str, tmp: str) -> dict:
-    from pathlib import Path
-
-    spec = spec_for(case)
-    out = Path(tmp) / case
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config_for(spec, CONFIG)))
-    return runtime_check.check_runtimes(out, runtimes=("transformers", *MEASURED), spec=spec)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=vocab_size_of(tokenizer_dir), max_position_embeddings=256,
+        original_max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2)  # Phi3Config's default pad id (32000) is outside the tiny vocabulary
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p *= 5.0
+                if "q_proj" in name or "k_proj" in name:
+                    p *= 10.0
+                elif "qkv_proj" in name:  # phi3's fused projection: Q and K rows first, then V
+                    p[: p.shape[0] - p.shape[0] // 4] *= 10.0
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    return out
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("runtimes"))
+def work(tmp_path_factory, small_tokenizer) -> Path:
+    root = tmp_path_factory.mktemp("runtimes")
+    for arch in ARCHS:
+        sharp_model(root / arch, small_tokenizer, arch)
+    return root
 
 
-@pytest.mark.parametrize("runtime", MEASURED)
-@pytest.mark.parametrize("case", CASES)
-def test_runtime_rope_equals_transformers_or_is_declared(case, runtime, work):
-    assert runtime_check.installed(runtime), f"{runtime} is not installed: make install puts the [runtimes] extra in"
-    row = measured(case, work)["runtimes"][runtime]
-    expected = rule(runtime, spec_for(case))
-    values = {k: row[k] for k in ("short", "edge", "long")}
-    if expected.status in ("exact", "flags"):
-        assert row["match"], f"{runtime} differs from transformers on {case}: {values}"
-    else:  # the documented difference is real, so the export's warning is needed
-        assert not row["match"], f"{runtime} matches on {case} but the rules table says {expected}"
-        assert any(LABELS[runtime] in w for w in export_warnings(spec_for(case)))
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_mistralrs_loads_exactly_what_the_table_says(case, tiny_llama, tmp_path):
-    """mistral.rs runs whole models only: the export must load and serve the target length where the table says
-    exact, and be refused (or capped at the original length) where it says not."""
-    assert runtime_check.installed("mistral.rs"), "mistralrs is not installed: make install puts the [runtimes] extra in"
+def spec_for(case: str, arch: str = "config"):
     method, knobs = CASES[case]
-    base = base_rope_from_config(json.loads((tiny_llama / "config.json").read_text()))
-    knobs = {k: (v[:: len(v) // base.n_pairs][: base.n_pairs] if isinstance(v, list) else v) for k, v in knobs.items()}
-    spec = build_spec(method, base, **knobs)
-    path, _ = write_hf_export(tiny_llama, spec, tmp_path / case, progress=False, link=True)
-    row = runtime_check.check_runtimes(path, runtimes=("mistral.rs",), spec=spec)["runtimes"]["mistral.rs"]
-    expected = rule("mistral.rs", spec)
-    assert row["match"] == (expected.status == "exact"), (row, expected)
-    if expected.status == "unsupported":
-        assert "unknown variant" in row["loads"]
-    elif expected.status == "partial":  # linear: max_position_embeddings stays the original (vLLM/SGLang policy)
+    base = base_rope_from_config(CONFIG) if arch == "config" else base_rope_from_config(read_config(WORK[0] / arch))
+    return build_spec(method, base, **knobs)
+
+
+WORK: list[Path] = []  # the module's models, for the cached measurement below
+
+
+@lru_cache(maxsize=None)
+def measured(arch: str, case: str) -> dict:
+    spec = spec_for(case, arch)
+    path, _ = write_hf_export(WORK[0] / arch, spec, WORK[0] / f"{arch}-{case}", progress=False, link=True)
+    return runtime_check.check_runtimes(path, spec=spec)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _work(work):
+    WORK[:] = [work]
+    yield
+    measured.cache_clear()
+
+
+@pytest.mark.parametrize("runtime", COMPARED)
+@pytest.mark.parametrize("arch,case", MATRIX)
+def test_runtime_equals_transformers_or_is_declared(arch, case, runtime):
+    assert runtime_check.installed(runtime), f"{runtime} is not installed: make install puts the extras in"
+    row = measured(arch, case)["runtimes"][runtime]
+    spec = spec_for(case, arch)
+    expected = rule(runtime, spec)
+    values = {k: row.get(k) for k in ("short", "edge", "long", "loads", "refused")}
+    if expected.status in ("exact", "flags"):
+        assert row["match"], f"{runtime} differs from transformers on {arch} {case}: {values}"
+        return
+    # the documented difference is real, so the export's warning is needed
+    assert not row["match"], f"{runtime} matches on {arch} {case} but the rules table says {expected}"
+    assert any(LABELS[runtime] in w for w in export_warnings(spec))
+    if runtime == "mistral.rs" and expected.status == "unsupported":
+        assert "unknown variant" in row["loads"], values
+    elif runtime == "mistral.rs":  # linear: max_position_embeddings stays the original (vLLM/SGLang policy)
         assert row["max_sequence_length"] == spec.original_context
+        assert row["short"] <= runtime_check.LOGPROB_TOLERANCE["mistral.rs"] and "greater than" in row["edge"]
+    elif runtime == "llama.cpp":  # dynamic without --static: `--to gguf` refuses, as the table says
+        assert "no dynamic NTK" in row["refused"], values
 
 
-def test_transformers_reference_matches_itself(work):
-    row = measured("yarn", work)["runtimes"]["transformers"]
-    assert row["match"] and row["long"] == 0.0
+@pytest.mark.parametrize("arch,case", MATRIX)
+def test_each_method_moves_the_logprobs(arch, case):
+    """The base model's log-probs past the original length differ from the export's by far more than the
+    whole-model tolerance, so a runtime ignoring the export's rope could not match."""
+    result = measured(arch, case)
+    prompts = runtime_check._prompts(WORK[0] / arch, {"long": result["model_lengths"]["long"]})
+    base = runtime_check._reference(WORK[0] / arch, prompts)["long"][0]
+    export = runtime_check._reference(WORK[0] / f"{arch}-{case}", prompts)["long"][0]
+    assert np.abs(base - export)[256:].mean() > 2 * runtime_check.LOGPROB_TOLERANCE["llama.cpp"]
+
+
+def test_position_maps_run_in_transformers_only(work):
+    spec = build_spec("selfextend", base_rope_from_config(read_config(work / "llama")), factor=4.0)
+    path, _ = write_hf_export(work / "llama", spec, work / "llama-selfextend", progress=False, link=True)
+    rows = runtime_check.check_runtimes(path, spec=spec)["runtimes"]
+    assert rows["transformers"]["match"]
+    for name in COMPARED:
+        assert rule(name, spec).status == "unsupported" and rows[name]["skipped"].startswith("not supported: ")
+    assert {w.split()[1] for w in export_warnings(spec)} == {LABELS[n] for n in COMPARED}
+
+
+def test_transformers_reference_matches_itself_and_config_only_skips_whole_models(tmp_path):
+    spec = spec_for("yarn", "config")
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_for(spec, CONFIG)))
+    rows = runtime_check.check_runtimes(tmp_path, runtimes=("transformers", "mlx-lm", "llama.cpp"), spec=spec)
+    assert rows["runtimes"]["transformers"]["match"] and rows["runtimes"]["transformers"]["long"] == 0.0
+    assert rows["runtimes"]["mlx-lm"]["match"] and rows["runtimes"]["vllm"]["skipped"] == "not requested"
+    assert rows["runtimes"]["llama.cpp"]["skipped"] == "the export has no weights (config.json only)"
 
 
 def test_writer_encodings_every_runtime_reads():
@@ -154,7 +217,7 @@ def test_check_runtimes_cli_prints_matrix_and_lists_missing(tiny_llama, tmp_path
     assert "match" in lines["transformers"]
     assert "not installed" in lines["SGLang"]
     assert "refused (ValueError: unknown variant `yarn`" in lines["mistral.rs"] or "not installed" in lines["mistral.rs"]
-    assert "--tasks parity" in lines["llama.cpp"]
+    assert lines["llama.cpp"].split()[1] == "match", out  # the `--to gguf` export of it, run by llama.cpp
 
 
 def test_check_runtimes_refuses_a_gguf_path(tmp_path, capsys, monkeypatch):

@@ -20,16 +20,10 @@ ORIGINAL = 256
 
 
 @pytest.fixture(scope="module")
-def validated(tiny_llama, tmp_path_factory):
-    """A YaRN×2 export of the tiny model, validated on every task through the real CLI."""
-    out = tmp_path_factory.mktemp("validate") / "tiny-yarn"
-    proc = run_cli(tiny_llama, "--method", "yarn", "--factor", "2", "--to", "hf", "--out", out, "-q")
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli("validate", out, "--base", tiny_llama, "--tasks", "ppl,passkey,niah", "--lengths", "128,256,400",
-                   "--passkey-lengths", "200,400", "--niah-lengths", "400", "--depths", "0.2,0.8", "--trials", "1",
-                   "--niah-samples", "1", "--documents", "2", "-q")
-    assert proc.returncode == 0, proc.stderr
-    return out, proc
+def validated(validated_export):
+    """A YaRN×2 export of the tiny model, validated on every task through the real CLI: the session's one
+    (conftest `validated_export`, with these tasks, lengths, depths and documents). Read only."""
+    return validated_export
 
 
 def test_report_follows_schema(validated):
@@ -189,3 +183,79 @@ def test_write_turns_non_finite_into_null_and_fails(tmp_path):
     assert written["tasks"]["ppl"]["per_document"]["extended"]["d"] == [10.5, None]
     assert not written["passed"] and {c["name"]: c["passed"] for c in written["checks"]}["ppl_finite"] is False
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["ppl.png", "report.json", "report.md"]
+
+
+class ConstantTask:
+    """A made-up task, defined only here: it records the extended tokenizer's vocabulary size per length (the
+    same for both sides) and a check of its own — validate, report.json, report.md, the plots and the card must
+    take it with no other file changed."""
+
+    name, title, higher_is_better, selectors, carried = "constant", "Constant per length", True, ("constant",), False
+    schema = {"type": "object", "required": ["lengths", "base", "extended"]}
+
+    def check(self, options, selectors):
+        pass
+
+    def prepare(self, ctx):
+        return {"lengths": list(ctx.lengths), "value": float(len(ctx.tokenizer))}
+
+    def run(self, runtime, prepared, label, progress):
+        return [prepared["value"]] * len(prepared["lengths"])
+
+    def blank(self, result):
+        return [None] * len(result)
+
+    def record(self, prepared, base, extended):
+        return {"lengths": prepared["lengths"], "base": base, "extended": extended}
+
+    def checks(self, record, original):
+        same = record["base"] == record["extended"]
+        return [{"name": "constant_same", "passed": same, "detail": f"{len(record['lengths'])} lengths"}]
+
+    def figure(self, record, original, target):
+        plt = R._pyplot()
+        fig, ax = plt.subplots()
+        ax.plot(record["lengths"], record["extended"])
+        return fig
+
+    def rows(self, record):
+        return [("constant", str(n), f"{b:g}", f"{e:g}") for n, b, e in
+                zip(record["lengths"], record["base"], record["extended"])]
+
+    def summary(self, record):
+        return [f"constant: {record['extended'][0]:g} at every length"]
+
+    def card(self, record):
+        return "### Constant\n\n" + "\n".join(f"- {n}: {e:g}" for n, e in zip(record["lengths"], record["extended"]))
+
+
+def test_a_task_registered_in_a_test_runs_through_validate(validated, tiny_llama, tmp_path):
+    import shutil
+
+    from ropeconvert.formats.model_card import _validation
+    from ropeconvert.validators import task_registry as T
+    from ropeconvert.validators.validate import Options, validate
+
+    export = tmp_path / "copy"
+    shutil.copytree(validated[0], export)
+    with T.registered(ConstantTask()):
+        report, path = validate(export, str(tiny_llama), Options(tasks=("constant",), lengths=(128, 400),
+                                                                  progress=False))
+        card = _validation(report)
+    vocab = float(report["tasks"]["constant"]["base"][0])
+    assert set(report["tasks"]) == {"constant"} and vocab > 0
+    assert report["tasks"]["constant"] == {"lengths": [128, 400], "base": [vocab] * 2, "extended": [vocab] * 2}
+    assert [c["name"] for c in report["checks"]] == ["constant_same", "extension_measured"] and report["passed"]
+    assert report["plots"] == {"constant": "constant.png"}
+    assert (export / "constant.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (export / "report.md").read_text()
+    assert f"| constant | 400 | {vocab:g} | {vocab:g} |" in md and f"constant: {vocab:g} at every length" in md
+    assert "| constant_same | pass | 2 lengths |" in md
+    assert "### Constant" in card and f"**constant: {vocab:g} at every length**" in card
+    assert "![Constant per length](constant.png)" in card
+    # unregistered again: the name is unknown, and a report holding it no longer follows the schema
+    assert T.by_name("constant") is None and "constant" not in T.selectors()
+    with pytest.raises(Exception, match="unknown validation task 'constant'"):
+        Options(tasks=("constant",)).check()
+    with pytest.raises(Exception, match="does not follow ropeconvert.report/2"):
+        R.check_schema(report)

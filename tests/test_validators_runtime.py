@@ -34,9 +34,15 @@ def base_runtime(tiny_llama):
     return rt.load(tiny_llama, device="cpu")
 
 
+def _random_ids(model_dir, n: int, seed: int) -> torch.Tensor:
+    """Random token ids the model's own vocabulary holds (past the special tokens 0-2)."""
+    vocab = int(read_config(model_dir)["vocab_size"])
+    return torch.randint(3, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.fixture(scope="module")
-def ids():
-    return torch.randint(3, 49152, (1, N_TOKENS), generator=torch.Generator().manual_seed(0))
+def ids(tiny_llama):
+    return _random_ids(tiny_llama, N_TOKENS, 0)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -96,7 +102,7 @@ def test_dynamic_decoding_matches_transformers(tiny_llama, base_runtime, tmp_pat
     spec = build_spec("dynamic", base, factor=2.0)
     export, _ = write_hf_export(tiny_llama, spec, tmp_path / "dyn", progress=False)
     exported = rt.load(export, device="cpu")
-    prompt = torch.randint(3, 49152, (1, 270), generator=torch.Generator().manual_seed(1))
+    prompt = _random_ids(tiny_llama, 270, 1)
     want = _decode_logits(exported.model, prompt, 20)  # prefill 250, then 20 steps to 270 (> 256)
     rt.set_rope(base_runtime.model, spec)
     try:
@@ -117,7 +123,7 @@ def test_load_with_spec_and_runtime_description(tiny_llama):
 
 @pytest.mark.gpu
 def test_cuda_runtime_is_bf16_sdpa_and_close_to_cpu(tiny_llama):
-    ids = torch.randint(3, 49152, (1, N_TOKENS), generator=torch.Generator().manual_seed(0))
+    ids = _random_ids(tiny_llama, N_TOKENS, 0)
     base = base_rope_from_config(read_config(tiny_llama))
     spec = build_spec("yarn", base, factor=2.0)
     gpu = rt.load(tiny_llama, spec, device="cuda")

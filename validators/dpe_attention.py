@@ -149,9 +149,10 @@ def _plan(module, device: torch.device) -> _Plan:
 def attach(model, position_map) -> None:
     """Run `model` (already loaded) with `position_map` under the DPE attention — what the search uses to try a
     map without writing an export. `detach` restores the previous attention."""
-    from ropeconvert.validators.dpe_register import ATTN_NAME, register as ensure_registered
+    # the name comes from dpe_format, not dpe_register: dpe_register imports this module (no import back)
+    from ropeconvert.formats.dpe_format import ATTN_NAME
 
-    ensure_registered()
+    register(ATTN_NAME)  # idempotent: the same function under the same name
     for module in _attention_modules(model):
         setattr(module, _MAP_ATTR, position_map)
         if hasattr(module, _PLAN_ATTR):

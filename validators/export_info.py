@@ -2,78 +2,51 @@
 metadata agrees with the spec embedded in it (a lying context is refused, not measured)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from ropeconvert.errors import InputError, RopeConvertError
+from ropeconvert.errors import InputError
+from ropeconvert.formats.export import Export
 
 
-def export_info(export: Path) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
-    """(kind, spec dict or None, provenance) of an HF export directory or a GGUF file."""
-    export = Path(export)
-    if export.is_dir():
-        if not (export / "config.json").is_file():
-            raise InputError(f"{export} has no config.json", "pass an export made by ropeconvert (HF directory or .gguf)")
+def export_info(export: Path | Export) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """(kind, spec dict or None, provenance) of an HF export directory or a GGUF file (a path, or an Export already
+    open: its reads are reused). An export whose metadata contradicts its embedded spec is refused."""
+    exp = export if isinstance(export, Export) else Export.open(export)
+    where = exp.path if isinstance(export, Export) else Path(export)  # messages name the path as it was given
+    if exp.kind == "hf":
         from ropeconvert.formats.hf_config import spec_from_hf_config
-        from ropeconvert.formats.safe_io import read_json
-        from ropeconvert.formats.source import read_config
 
-        manifest = export / "ropeconvert.json"
-        provenance = read_json(manifest, "manifest", "re-export, or restore the file") if os.path.lexists(manifest) else {}
-        if not isinstance(provenance, dict):
-            raise InputError(f"manifest {manifest} is not a JSON object", "re-export, or restore the file")
-        config = read_config(export)
-        spec = provenance.get("spec")
+        provenance, config = exp.provenance, exp.config
+        spec = exp.spec_dict
         if spec is None:
             found = spec_from_hf_config(config)
             spec = None if found is None else found.to_dict()
         else:
-            _claims_agree(export, _spec_of(spec, manifest), config=config)
+            _claims_agree(where, exp.spec, config=config)
         return "hf", spec, provenance
-    if export.is_file():
-        from ropeconvert.formats.gguf_integrity import PROVENANCE_KEYS
-        from ropeconvert.formats.gguf_read import field, open_gguf
-        from ropeconvert.formats.gguf_rope import spec_from_gguf
-
-        reader = open_gguf(export)
-        try:
-            found = spec_from_gguf(reader)
-        except RopeConvertError:
-            raise
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise InputError(f"{export}: its ropeconvert.spec metadata is not a valid spec",
-                             f"the file was damaged after export; `ropeconvert verify {export}` shows what changed") from None
-        if found is not None:
-            _claims_agree(export, found, reader=reader)
-        provenance = {k: field(reader, f"ropeconvert.{k}") for k in PROVENANCE_KEYS if k != "source_license"}
-        return "gguf", None if found is None else found.to_dict(), {k: v for k, v in provenance.items() if v}
-    raise InputError(f"export {export} does not exist", "pass the HF directory or .gguf file that ropeconvert wrote")
-
-
-def _spec_of(data: Any, where: Path):
-    from ropeconvert.convert.spec import RopeSpec
-
-    try:
-        return RopeSpec.from_dict(data)
-    except RopeConvertError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        raise InputError(f"{where}: its spec is not a valid ropeconvert spec", "re-export, or restore the file") from None
+    found = exp.spec
+    if found is not None:
+        _claims_agree(where, found, reader=exp.reader)
+    provenance = {k: v for k, v in exp.provenance.items() if k != "source_license"}  # what default_base reads
+    return "gguf", None if found is None else found.to_dict(), provenance
 
 
 def _claims_agree(export: Path, spec, *, config: dict | None = None, reader=None) -> None:
     """Refuse an export whose metadata claims another context than the spec embedded in it (GGUF context_length /
     original_context_length; HF max_position_embeddings / original_max_position_embeddings, or the `dpe` block):
     the runtimes read the metadata, so the measurements would be reported under a context nobody ran."""
-    from ropeconvert.formats.gguf_read import field
-
     claims: dict[str, tuple[Any, Any]] = {}  # name → (what the metadata says, what the spec says)
     if reader is not None:
+        from gguf import Keys as GgufKeys
+
+        from ropeconvert.formats.gguf_read import field
+
         arch = field(reader, "general.architecture")
-        claims[f"{arch}.context_length"] = (field(reader, f"{arch}.context_length"), spec.target_context)
-        claims[f"{arch}.rope.scaling.original_context_length"] = (
-            field(reader, f"{arch}.rope.scaling.original_context_length"), spec.original_context)
+        for template, meant in ((GgufKeys.LLM.CONTEXT_LENGTH, spec.target_context),
+                                (GgufKeys.Rope.SCALING_ORIG_CTX_LEN, spec.original_context)):
+            key = template.format(arch=arch)
+            claims[key] = (field(reader, key), meant)
     elif spec.position_map is not None:
         block = config.get("dpe") if isinstance(config.get("dpe"), dict) else {}
         claims["dpe.target_context"] = (block.get("target_context"), spec.target_context)

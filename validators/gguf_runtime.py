@@ -113,7 +113,8 @@ class CrashGuard:
         if based is None and extended is None:
             raise self.crashes[0][1]
         notes = [f"{e.problem}: its {side} results are missing (null)" for side, e in self.crashes]
-        return (_blank(extended) if based is None else based), (_blank(based) if extended is None else extended), notes
+        # a crashed side is {}: validate asks each task for its blank result (task.blank), shaped like the other side's
+        return based or {}, extended or {}, notes
 
     def reraise(self, report: Path) -> None:
         if self.crashes:
@@ -121,23 +122,3 @@ class CrashGuard:
             alive = "base" if side == "extended" else "extended"
             what = "the transformers results" if self._engines.get(alive) == "transformers" else f"the {alive} results"
             raise crash.kept(report, what)
-
-
-def _blank(results: dict[str, Any]) -> dict[str, Any]:
-    """Results shaped like `results` (the side that ran) with every measurement null."""
-    from ropeconvert.validators.niah import NiahResult
-    from ropeconvert.validators.passkey import PasskeyResult
-    from ropeconvert.validators.perplexity import PplResult
-
-    out: dict[str, Any] = {}
-    for name, r in results.items():
-        if not hasattr(r, "lengths"):  # a registered task's result (RULER): validate blanks it through its task
-            continue
-        none = [None] * len(r.lengths)
-        if isinstance(r, PplResult):
-            out[name] = PplResult(r.lengths, none, {doc: list(none) for doc in r.per_document})
-        elif isinstance(r, PasskeyResult):
-            out[name] = PasskeyResult(r.lengths, r.depths, r.trials, [[None] * len(r.depths) for _ in none], r.tokens)
-        elif isinstance(r, NiahResult):
-            out[name] = NiahResult(r.lengths, none)
-    return out

@@ -3,7 +3,8 @@
 Both score every next token of one sequence ([BOS] + corpus text) in a single window; we report the perplexity
 of each, their ratio (GGUF / HF), top-1 agreement and the largest per-token NLL difference. By default the sequence
 runs 1024 tokens past the original context (capped at the target), where a rope written wrongly for one runtime
-shows up. The result is merged into the GGUF's report (`<name>.report/report.json`), so the model card shows it.
+shows up. The result is merged into the GGUF's report (`<name>.report/report.json`), so the model card shows it;
+its checks, table rows and card section are the registered parity task's (parity_task.py).
 
 transformers runs first. When llama.cpp then crashes (validators/llamacpp.py runs it in a child process), the
 transformers half is still written — the GGUF's numbers null and `crashed` saying why — before the crash is

@@ -1,6 +1,7 @@
 """report.json (schema: validators/report_schema.json), PNG plots and report.md — the evidence the model card reuses.
 
-An HF export keeps its report inside its directory; a GGUF export gets `<name>.report/` beside the file. The report
+An HF export keeps its report inside its directory; a GGUF export gets `<name>.report/` beside the file (both:
+formats/export.py `report_dir_for`, with the schema ids). Each task renders its own checks and rows. The report
 is validated against the schema before anything is written, and written under temporary names then renamed, so a
 reader never sees a half-written report.
 """
@@ -16,20 +17,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ropeconvert.errors import InputError, OutputError
+from ropeconvert.formats.export import REPORT_SCHEMA, REPORT_SCHEMAS, report_dir_for  # noqa: F401  (by name here)
 from ropeconvert.validators.report_plots import _pyplot, figures  # noqa: F401  (figures: the report's plots)
 
-SCHEMA_ID = "ropeconvert.report/2"  # what validate writes: /1 plus registered tasks (RULER) in "tasks"
-SCHEMA_IDS = ("ropeconvert.report/1", SCHEMA_ID)  # what readers accept: a /1 report is a valid /2 one without them
-SHORT_CONTEXT_TOLERANCE = 1.5  # extended ppl within the original context may be at most this × the base's
-PARITY_RATIO = (0.95, 1.05)
-PARITY_TOP1 = 0.90
+SCHEMA_ID = REPORT_SCHEMA  # what validate writes: /1 plus registered tasks (RULER) in "tasks"
+SCHEMA_IDS = REPORT_SCHEMAS  # what readers accept: a /1 report is a valid /2 one without them
 
 
 def schema() -> dict[str, Any]:
-    return json.loads(resources.files("ropeconvert.validators").joinpath("report_schema.json").read_text())
+    """report_schema.json, plus the record schema of any registered task it does not document (a task added
+    after it declares its own `schema`); a task nobody registered is still refused."""
+    from ropeconvert.validators.task_registry import all_tasks
+
+    out = json.loads(resources.files("ropeconvert.validators").joinpath("report_schema.json").read_text())
+    known = out["properties"]["tasks"]["properties"]
+    for task in all_tasks():
+        if task.name not in known and getattr(task, "schema", None):
+            known[task.name] = task.schema
+    return out
 
 
 def check_schema(report: dict[str, Any]) -> None:
@@ -40,11 +46,6 @@ def check_schema(report: dict[str, Any]) -> None:
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise InputError(f"report does not follow {SCHEMA_ID} at {where}: {e.message[:160]}") from None
-
-
-def report_dir_for(export: Path) -> Path:
-    export = Path(export)
-    return export if export.is_dir() else export.with_name(export.stem + ".report")
 
 
 def now() -> str:
@@ -65,95 +66,33 @@ def state(report: dict[str, Any]) -> str:
     return "passed" if report.get("passed") else "failed"
 
 
-def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "passed": bool(passed), "detail": detail}
-
-
 def checks(tasks: dict[str, Any], original: int | None) -> list[dict[str, Any]]:
-    """The pass/fail rules documented in report_schema.json."""
-    out = []
-    orig = original or 0
-    if (t := tasks.get("ppl")) is not None:
-        ext = [(n, e) for n, e in zip(t["lengths"], t["extended"]) if e is not None]
-        bad = [n for n, e in ext if not math.isfinite(e)]
-        out.append(_check("ppl_finite", ext and not bad, f"non-finite at {bad}" if bad else
-                          (f"{len(ext)} lengths finite" if ext else "no length could be measured")))
-        pairs = [(n, b, e) for n, b, e in zip(t["lengths"], t["base"], t["extended"]) if b is not None and e is not None]
-        far = [(n, b, e) for n, b, e in pairs if n > orig]
-        if far:
-            worse = [n for n, b, e in far if not e < b]
-            out.append(_check("ppl_extended_below_base", not worse, "; ".join(
-                f"{n}: {e:.3g} vs base {b:.3g}" for n, b, e in far)))
-        near = [(n, b, e) for n, b, e in pairs if n <= orig]
-        if near:
-            worse = [n for n, b, e in near if not e <= SHORT_CONTEXT_TOLERANCE * b]
-            out.append(_check("ppl_short_context_kept", not worse, "; ".join(
-                f"{n}: {e:.3g} vs base {b:.3g} (limit ×{SHORT_CONTEXT_TOLERANCE:g})" for n, b, e in near)))
-    if (t := tasks.get("passkey")) is not None:
-        rows = [(n, float(np.mean(b)), float(np.mean(e))) for n, b, e in zip(t["lengths"], t["base"], t["extended"])
-                if None not in b and None not in e]  # null: that side was not measured (its llama.cpp crashed)
-        out += _not_worse("passkey_not_worse", [r for r in rows if r[0] > orig])
-    if (t := tasks.get("niah")) is not None:
-        rows = [(n, b, e) for n, b, e in zip(t["lengths"], t["base"], t["extended"]) if b is not None and e is not None]
-        out += _not_worse("niah_not_worse", [r for r in rows if r[0] > orig])
-    from ropeconvert.validators.task_registry import in_report
+    """The pass/fail rules documented in report_schema.json: each task's own (validators/task_registry.py), then
+    whether anything was measured past the original context, then the carried-over tasks' (parity)."""
+    from ropeconvert.validators.task_registry import check, in_report
 
-    for task, record in in_report(tasks):  # registered tasks: their own checks
-        out += task.checks(record, orig)
+    orig = original or 0
+    present = in_report(tasks)
+    out = [c for task, record in present if not task.carried for c in task.checks(record, orig)]
     measured = sorted({n for t in tasks.values() if isinstance(t, dict) for n in t.get("lengths") or []})
     if measured and orig:  # every measurement inside the trained length proves nothing about the extension
         far = [n for n in measured if n > orig]
-        out.append(_check(EXTENSION_CHECK, bool(far), f"lengths past the original {orig}: {far}" if far else
-                          f"no length past the original context {orig} was measured ({measured}): the extension "
-                          f"is untested"))
-    if (p := tasks.get("parity")) is not None and p.get("ratio") is None:  # llama.cpp crashed: nothing to compare
-        why = f"not measured: {p.get('crashed') or 'no llama.cpp result'}"
-        out += [_check("parity_ppl_ratio", False, why), _check("parity_top1", False, why)]
-    elif p is not None:
-        lo, hi = PARITY_RATIO
-        out.append(_check("parity_ppl_ratio", lo <= p["ratio"] <= hi,
-                          f"llama.cpp/transformers perplexity {p['ratio']:.4f} (allowed {lo}–{hi})"))
-        out.append(_check("parity_top1", p["top1_agreement"] >= PARITY_TOP1,
-                          f"top-1 agreement {p['top1_agreement']:.3f} over {p['tokens']} tokens (≥ {PARITY_TOP1})"))
-    return out
-
-
-def _not_worse(name: str, rows: list[tuple[int, float, float]]) -> list[dict[str, Any]]:
-    if not rows:
-        return []
-    worse = [n for n, b, e in rows if e < b]
-    gained = any(e > b for _, b, e in rows) or all(e == 1.0 for _, _, e in rows)
-    detail = "; ".join(f"{n}: {e:.0%} vs base {b:.0%}" for n, b, e in rows)
-    if not worse and not gained:
-        detail += " (no length improves on the base)"
-    return [_check(name, not worse and gained, detail)]
+        out.append(check(EXTENSION_CHECK, bool(far), f"lengths past the original {orig}: {far}" if far else
+                         f"no length past the original context {orig} was measured ({measured}): the extension "
+                         f"is untested"))
+    return out + [c for task, record in present if task.carried for c in task.checks(record, orig)]
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------------
 def table_rows(tasks: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(task, length, base, extended) rows: the side-by-side table printed by the CLI and written to report.md."""
-    rows = []
-    if (t := tasks.get("ppl")) is not None:
-        rows += [("perplexity", str(n), _f(b), _f(e)) for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
-    if (t := tasks.get("passkey")) is not None:
-        rows += [("passkey", str(n), _pct(None if None in b else float(np.mean(b))),
-                  _pct(None if None in e else float(np.mean(e))))
-                 for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
-    if (t := tasks.get("niah")) is not None:
-        rows += [("4-needle", str(n), _pct(b), _pct(e)) for n, b, e in zip(t["lengths"], t["base"], t["extended"])]
-    if (p := tasks.get("parity")) is not None:
-        rows += [("parity ppl (HF | GGUF)", str(p["tokens"]), _f(p["ppl_hf"]), _f(p["ppl_gguf"])),
-                 ("parity top-1 agreement", str(p["tokens"]), "",
-                  "—" if p["top1_agreement"] is None else f"{p['top1_agreement']:.1%}")]
     from ropeconvert.validators.task_registry import in_report
 
-    for task, record in in_report(tasks):
-        rows += task.rows(record)
-    return rows
+    return [row for task, record in in_report(tasks) for row in task.rows(record)]
 
 
 def summary_lines(tasks: dict[str, Any]) -> list[str]:
-    """The registered tasks' headline lines (RULER: the effective lengths)."""
+    """The tasks' headline lines (RULER: the effective lengths)."""
     from ropeconvert.validators.task_registry import in_report
 
     return [line for task, record in in_report(tasks) for line in task.summary(record)]
@@ -174,14 +113,6 @@ def markdown(report: dict[str, Any]) -> str:
     for name, file in report["plots"].items():
         lines += ["", f"![{name}]({file})"]
     return "\n".join(lines) + "\n"
-
-
-def _f(v: float | None) -> str:
-    return "—" if v is None else f"{v:.3f}" if v < 1000 else f"{v:.4g}"
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{v:.0%}"
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------

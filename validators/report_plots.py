@@ -1,5 +1,5 @@
 """The report's PNG plots: perplexity, passkey and 4-needle accuracy against length, base vs extended, with the
-original (and target) context marked; the RULER heatmap (tasks × lengths); any registered task's own figure."""
+original (and target) context marked; the RULER heatmap (tasks × lengths). Each task's `figure` picks its plot."""
 from __future__ import annotations
 
 import math
@@ -79,16 +79,11 @@ def plot_niah(t: dict[str, Any], original: int | None):
 
 
 def figures(tasks: dict[str, Any], original: int | None, target: int | None) -> dict[str, Any]:
-    out = {}
-    if "ppl" in tasks:
-        out["ppl"] = plot_ppl(tasks["ppl"], original, target)
-    if "passkey" in tasks:
-        out["passkey"] = plot_passkey(tasks["passkey"], original)
-    if "niah" in tasks:
-        out["niah"] = plot_niah(tasks["niah"], original)
+    """{plot name: figure}: each registered task in the report draws its own (or none)."""
     from ropeconvert.validators.task_registry import in_report
 
-    for task, record in in_report(tasks):  # registered tasks draw their own figure
+    out = {}
+    for task, record in in_report(tasks):
         if (fig := task.figure(record, original, target)) is not None:
             out[task.name] = fig
     return out

@@ -54,6 +54,7 @@ class RulerTask:
     title = "RULER (tasks × lengths)"
     higher_is_better = True
     selectors = ("ruler", *R.RULER_TASKS)
+    carried = False
 
     # ---- before any model is loaded ------------------------------------------------------------------------------
     def check(self, opts, selectors: tuple[str, ...]) -> None:

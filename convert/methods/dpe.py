@@ -17,7 +17,7 @@ from ropeconvert.convert.factor_files import parse_number
 from ropeconvert.convert.methods._registry import rope_method
 from ropeconvert.convert.methods.selfextend import default_window
 from ropeconvert.convert.position_map import PositionMap, even_boundaries
-from ropeconvert.convert.spec import BaseRope, RopeSpec, SpecError, resolve_target
+from ropeconvert.convert.spec import POSITION_MAP, BaseRope, RopeSpec, SpecError, resolve_target
 from ropeconvert.errors import InputError
 from ropeconvert.formats.config_check import MAX_CONTEXT, positive_int, show
 from ropeconvert.formats.safe_io import read_json
@@ -62,8 +62,9 @@ def read_map_file(path: str | Path) -> tuple[PositionMap, int]:
     "dpe",
     paper="https://arxiv.org/abs/2504.18857",
     summary="DPE: per-dimension-group Self-Extend scales on the top-k (layer, head) pairs (attention-level)",
-    hf="native rope + config `dpe` block + dpe_index_map.safetensors; attn_implementation='ropeconvert_dpe'",
-    gguf="ropeconvert.dpe.* metadata + a labelled rope_freqs approximation: llama.cpp cannot run DPE",
+    kind=POSITION_MAP,
+    note=("native rope + config `dpe` block + dpe_index_map.safetensors; attn_implementation='ropeconvert_dpe'",
+          "ropeconvert.dpe.* metadata + a labelled rope_freqs approximation: llama.cpp cannot run DPE"),
 )
 def dpe(base: BaseRope, *, factor: float | None = None, target_context: int | None = None,
         window: int | None = None, scales: str | Sequence[float] | None = None, topk: int | None = None,

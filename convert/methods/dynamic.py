@@ -5,16 +5,18 @@ b(l) = b·(α·l/L − (α−1))^(d/(d−2)) for l > L, unchanged below. α is `
 """
 from __future__ import annotations
 
-from ropeconvert.convert.methods._registry import rope_method
-from ropeconvert.convert.spec import BaseRope, RopeSpec, resolve_target
+from ropeconvert.convert.methods._registry import HfRope, need, rope_method
+from ropeconvert.convert.spec import DYNAMIC, BaseRope, RopeSpec, resolve_target
+
+HF = HfRope("dynamic", write=lambda spec: {"factor": float(spec.params["factor"])},
+            read=lambda rope, config, base: {"factor": need(rope, "factor")})
 
 
 @rope_method(
     "dynamic",
     paper="https://arxiv.org/abs/2309.00071",
     summary="dynamic NTK: base recomputed per length past the original context (α = factor)",
-    hf="rope_type dynamic; max_position_embeddings stays original",
-    gguf="no runtime support: refused unless --static bakes NTK at the target length",
+    kind=DYNAMIC, hf=HF,
 )
 def dynamic(base: BaseRope, *, factor: float | None = None, target_context: int | None = None) -> RopeSpec:
     s, target = resolve_target(base, factor, target_context)

@@ -1,16 +1,18 @@
 """Position Interpolation (Chen et al. 2023): every frequency divided by the scale s."""
 from __future__ import annotations
 
-from ropeconvert.convert.methods._registry import rope_method
-from ropeconvert.convert.spec import BaseRope, RopeSpec, resolve_target
+from ropeconvert.convert.methods._registry import HfRope, need, rope_method
+from ropeconvert.convert.spec import LINEAR, BaseRope, RopeSpec, resolve_target
+
+HF = HfRope("linear", write=lambda spec: {"factor": float(spec.params["factor"])},
+            read=lambda rope, config, base: {"factor": need(rope, "factor")})
 
 
 @rope_method(
     "linear",
     paper="https://arxiv.org/abs/2306.15595",
     summary="Position Interpolation: positions divided by s (f_i = s for every pair)",
-    hf="rope_type linear",
-    gguf="rope.scaling.type=linear + factor",
+    kind=LINEAR, hf=HF,
 )
 def linear(base: BaseRope, *, factor: float | None = None, target_context: int | None = None) -> RopeSpec:
     s, target = resolve_target(base, factor, target_context)

@@ -9,16 +9,26 @@ import math
 
 import numpy as np
 
-from ropeconvert.convert.methods._registry import rope_method
-from ropeconvert.convert.spec import BaseRope, RopeSpec, SpecError, resolve_target
+from ropeconvert.convert.methods._registry import HfRope, need, rope_method
+from ropeconvert.convert.spec import LLAMA3, BaseRope, RopeSpec, SpecError, resolve_target
+
+
+def _hf_write(spec: RopeSpec) -> dict:
+    p = spec.params
+    return {"factor": float(p["factor"]), "low_freq_factor": float(p["low_freq_factor"]),
+            "high_freq_factor": float(p["high_freq_factor"]), "original_max_position_embeddings": spec.original_context}
+
+
+def _hf_read(rope: dict, config: dict, base: BaseRope) -> dict:
+    return {"factor": need(rope, "factor"), "low_freq_factor": rope["low_freq_factor"],
+            "high_freq_factor": rope["high_freq_factor"]}
 
 
 @rope_method(
     "llama3",
     paper="https://arxiv.org/abs/2407.21783",
     summary="Llama-3.1 bands: high frequencies kept, low divided by s, smooth blend between",
-    hf="rope_type llama3",
-    gguf="rope_freqs tensor",
+    kind=LLAMA3, hf=HfRope("llama3", _hf_write, _hf_read),
 )
 def llama3(
     base: BaseRope,

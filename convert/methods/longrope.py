@@ -11,20 +11,38 @@ from pathlib import Path
 from typing import Sequence
 
 from ropeconvert.convert.factor_files import FactorSet, load_factor_file
-from ropeconvert.convert.methods._registry import rope_method
-from ropeconvert.convert.spec import BaseRope, RopeSpec, SpecError, resolve_target
+from ropeconvert.convert.methods._registry import HfRope, rope_method
+from ropeconvert.convert.spec import LONGROPE, BaseRope, RopeSpec, SpecError, resolve_target
 
 
 def su_attention_factor(scale: float, original_context: int) -> float:
     return 1.0 if scale <= 1 else math.sqrt(1 + math.log(scale) / math.log(original_context))
 
 
+def _hf_write(spec: RopeSpec) -> dict:
+    p = spec.params
+    rope = {"long_factor": list(spec.factors), "short_factor": list(spec.short_factors or (1.0,) * spec.base.n_pairs),
+            "original_max_position_embeddings": spec.original_context, "factor": float(p["factor"])}
+    if "attention_factor" in p:
+        # transformers reads attention_factor; vLLM and SGLang read only long_mscale / short_mscale
+        # (vllm rotary_embedding/__init__.py get_rope, sglang rotary_embedding/factory.py get_rope)
+        a = float(p["attention_factor"])
+        rope.update({"attention_factor": a, "long_mscale": a, "short_mscale": a})
+    return rope
+
+
+def _hf_read(rope: dict, config: dict, base: BaseRope) -> dict:
+    # transformers: factor from the dict, else max_position_embeddings / original
+    scale = rope.get("factor") or config.get("max_position_embeddings", 0) / base.original_context
+    return {"factors": rope["long_factor"], "short_factors": rope.get("short_factor"), "factor": float(scale),
+            "attention_factor": rope.get("attention_factor"), "allow_non_monotone": True}
+
+
 @rope_method(
     "longrope",
     paper="https://arxiv.org/abs/2402.13753",
     summary="LongRoPE: searched per-pair factors (long + optional short) + attention factor sqrt(1+ln s/ln L)",
-    hf="rope_type longrope + long/short factors",
-    gguf="rope_factors_long/short + attn_factor (rope_freqs where the arch has no long/short)",
+    kind=LONGROPE, hf=HfRope("longrope", _hf_write, _hf_read, aliases=("su",)),
 )
 def longrope(
     base: BaseRope,

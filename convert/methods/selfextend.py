@@ -13,7 +13,7 @@ import math
 
 from ropeconvert.convert.methods._registry import rope_method
 from ropeconvert.convert.position_map import PositionMap
-from ropeconvert.convert.spec import BaseRope, RopeSpec, SpecError, resolve_target
+from ropeconvert.convert.spec import POSITION_MAP, BaseRope, RopeSpec, SpecError, resolve_target
 
 
 def default_window(base: BaseRope) -> int:
@@ -34,8 +34,9 @@ def check_reach(base: BaseRope, window: int, scale: float, target: int, what: st
     "selfextend",
     paper="https://arxiv.org/abs/2401.01325",
     summary="Self-Extend: exact positions within a window W, positions grouped by G beyond it (attention-level)",
-    hf="native rope + config `dpe` block; runs with attn_implementation='ropeconvert_dpe' after import ropeconvert",
-    gguf="ropeconvert.dpe.* metadata + a labelled rope_freqs approximation (f_i = G): llama.cpp cannot run it",
+    kind=POSITION_MAP,
+    note=("native rope + config `dpe` block; runs with attn_implementation='ropeconvert_dpe' after import ropeconvert",
+          "ropeconvert.dpe.* metadata + a labelled rope_freqs approximation (f_i = G): llama.cpp cannot run it"),
 )
 def selfextend(base: BaseRope, *, factor: float | None = None, target_context: int | None = None,
                group_size: float | None = None, window: int | None = None) -> RopeSpec:

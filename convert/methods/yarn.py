@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from ropeconvert.convert.methods._registry import rope_method
-from ropeconvert.convert.spec import BaseRope, RopeSpec, SpecError, resolve_target
+from ropeconvert.convert.methods._registry import HfRope, need, rope_method
+from ropeconvert.convert.spec import YARN, BaseRope, RopeSpec, SpecError, resolve_target
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -40,12 +40,44 @@ def yarn_factors(base: BaseRope, scale: float, beta_fast: float = 32.0, beta_slo
     return 1.0 / ((1.0 - extrapolate) / scale + extrapolate)
 
 
+def attention_as_mscale(attention: float, factor: float) -> dict[str, float]:
+    """A YaRN attention factor in the one form all four HF-config runtimes honour: transformers
+    (`_compute_yarn_parameters`), vLLM and SGLang (`YaRNScalingRotaryEmbedding`) and mlx-lm (`YarnRoPE`) compute
+    attention = (0.1·m·ln s + 1)/(0.1·1·ln s + 1) when both mscale and mscale_all_dim are set; solve for m."""
+    t = 0.1 * math.log(factor)
+    m = (attention * (1 + t) - 1) / t
+    if abs(m) < 1e-9:
+        # m = 0 is falsy: transformers would fall back to its default formula. Only transformers and vLLM read
+        # attention_factor, which formats/runtimes.py reports for this one value.
+        return {"attention_factor": attention}
+    return {"mscale": m, "mscale_all_dim": 1.0}
+
+
+def _hf_write(spec: RopeSpec) -> dict:
+    p = spec.params
+    rope = {"factor": float(p["factor"]), "original_max_position_embeddings": spec.original_context,
+            "beta_fast": float(p["beta_fast"]), "beta_slow": float(p["beta_slow"])}
+    rope.update({k: float(p[k]) for k in ("mscale", "mscale_all_dim") if k in p})
+    if "attention_factor" in p:
+        rope.update(attention_as_mscale(float(p["attention_factor"]), float(p["factor"])))
+    return rope
+
+
+def _hf_read(rope: dict, config: dict, base: BaseRope) -> dict:
+    factor = rope.get("factor")
+    return {"factor": need(rope, "factor") if factor else None,
+            "target_context": None if factor else config.get("max_position_embeddings"),
+            "beta_fast": rope.get("beta_fast") or 32.0, "beta_slow": rope.get("beta_slow") or 1.0,
+            "attention_factor": rope.get("attention_factor"),
+            "mscale": rope.get("mscale") if rope.get("mscale_all_dim") else None,
+            "mscale_all_dim": rope.get("mscale_all_dim") if rope.get("mscale") else None}
+
+
 @rope_method(
     "yarn",
     paper="https://arxiv.org/abs/2309.00071",
     summary="YaRN: NTK-by-parts ramp between beta_fast/beta_slow rotations + attention factor 0.1·ln s + 1",
-    hf="rope_type yarn + original_max_position_embeddings, betas",
-    gguf="rope.scaling.type=yarn (+ attn_factor); non-default betas baked as rope_freqs",
+    kind=YARN, hf=HfRope("yarn", _hf_write, _hf_read),
 )
 def yarn(
     base: BaseRope,

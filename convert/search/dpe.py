@@ -32,32 +32,11 @@ from ropeconvert.convert.methods.selfextend import default_window
 from ropeconvert.convert.position_map import PositionMap, even_boundaries
 from ropeconvert.convert.search.checkpoint import write_json
 from ropeconvert.convert.search.dpe_select import top_k
+from ropeconvert.convert.search.options import SearchOptions
 from ropeconvert.convert.spec import resolve_target
-from ropeconvert.errors import InputError, OutputError, SpecError, UnsupportedError
+from ropeconvert.errors import InputError, OutputError, SpecError
 
 MAP, LOG, PLOT = "dpe_map.json", "dpe_search.json", "search.png"
-
-
-@dataclass
-class DpeOptions:
-    model: str
-    target_context: int | None = None
-    factor: float | None = None
-    window: int | None = None
-    groups: int = 8
-    topk: int | None = None  # default all pairs; the reference keeps 3/4 (48 of 64), which SmolLM2 does not survive
-    lengths: tuple[int, ...] | None = None  # candidate effective lengths; g = N / ℓ
-    fixed_scale: float | None = None  # the start map's one scale (default: the best uniform candidate)
-    samples: int = 1  # needle prompts per evaluation
-    budget: int | None = None  # evaluations at most
-    seed: int = 0
-    out: Path | None = None
-    resume: bool = False
-    force: bool = False
-    text: str = "austen"
-    original_context: int | None = None
-    device: str | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -75,14 +54,17 @@ class DpeResult:
     groups: list[dict] = field(default_factory=list)
 
 
-def plan(o: DpeOptions, base) -> tuple[int, int, tuple[int, ...], list[float], float | None, int]:
+def plan(o: SearchOptions, base) -> tuple[int, int, tuple[int, ...], list[float], float | None, int]:
     """(target, window, boundaries, candidate scales, fixed start scale or None, topk), refusing bad numbers before
     any load."""
+    from ropeconvert.validators.options import parse_list
+
     _, target = resolve_target(base, o.factor, o.target_context)
     window = default_window(base) if o.window is None else o.window
     PositionMap.build(window=window, boundaries=(0, base.n_pairs), scales=(1.0,), original_context=base.original_context)
     bounds = even_boundaries(base.n_pairs, o.groups)
-    lengths = o.lengths or tuple(target >> i for i in range(32) if (target >> i) >= window)
+    lengths = parse_list("--lengths", o.lengths) if isinstance(o.lengths, str) else o.lengths
+    lengths = lengths or tuple(target >> i for i in range(32) if (target >> i) >= window)
     for n in lengths:
         if isinstance(n, bool) or not isinstance(n, int) or not window <= n <= target:
             raise SpecError(f"--lengths: {n!r} is not an effective length in [{window}, {target}] (window … target)",
@@ -113,17 +95,14 @@ def evaluations_needed(candidates: list[float], groups: int, fixed: float | None
     return 1 + groups * (len(candidates) - (fixed in candidates))
 
 
-def search(o: DpeOptions) -> DpeResult:
-    from ropeconvert.convert.pipeline import base_rope
+def search(o: SearchOptions) -> DpeResult:
+    from ropeconvert.convert.search.run import base_of
     from ropeconvert.formats.source import hf_checkpoint, resolve
     from ropeconvert.formats.tensors import require_safetensors
 
     source = resolve(o.model, progress=o.progress)
     require_safetensors(source.path)  # pickle weights refused before the search writes anything
-    try:
-        base = base_rope(source, o.original_context)
-    except UnsupportedError as e:
-        raise UnsupportedError(e.problem, "search from the base model") from None
+    base = base_of(source, o.original_context)
     target, window, bounds, candidates, fixed, topk = plan(o, base)
     out = Path(o.out) if o.out is not None else Path(f"{Path(o.model.rstrip('/')).name}-dpe-search-{target}")
     settings = {"model": o.model, "target_context": target, "original_context": base.original_context,
@@ -159,7 +138,7 @@ def _start_log(path: Path, settings: dict, resume: bool, force: bool) -> dict:
     return {"format": "ropeconvert.dpe_search/1", "settings": settings, "evaluations": []}
 
 
-def _run(o: DpeOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path) -> DpeResult:
+def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path) -> DpeResult:
     from tqdm.auto import tqdm
 
     from ropeconvert.convert.search import dpe_score

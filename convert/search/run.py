@@ -17,36 +17,11 @@ from ropeconvert.convert.search import checkpoint, longrope, longrope2, report
 from ropeconvert.convert.search.evolution import Evolution, Settings, best_record, fresh_state
 from ropeconvert.convert.search.fitness import Fitness, text_sample
 from ropeconvert.convert.search.needle import needle_samples
+from ropeconvert.convert.search.options import SearchOptions  # noqa: F401  (the options live there; re-exported)
 from ropeconvert.convert.spec import BaseRope, resolve_target
 from ropeconvert.errors import InputError, OutputError, SpecError, UnsupportedError
 
 METHODS = ("longrope", "longrope2")
-
-
-@dataclass
-class SearchOptions:
-    model: str
-    method: str = "longrope"
-    target_context: int | None = None
-    factor: float | None = None
-    budget: int | None = None  # per phase; default: the paper's full run, population + generations·P/2
-    population: int = 64
-    generations: int = 40
-    patience: int = 10
-    seed: int = 0
-    out: Path | None = None
-    resume: bool = False
-    force: bool = False
-    documents: int = 5
-    text: str = "austen"
-    short: bool = False
-    short_max: float | None = None
-    max_factor: float | None = None
-    critical_dim: int | None = None
-    original_context: int | None = None
-    device: str | None = None
-    stop_after: int | None = None  # generations to run in this session (then leave the checkpoint)
-    progress: bool = True
 
 
 @dataclass
@@ -79,8 +54,15 @@ def check_options(o: SearchOptions) -> Settings:
     return Settings(**{**settings.__dict__, "budget": budget})
 
 
+def base_of(source, original_context: int | None) -> BaseRope:
+    """The source's base rope, refusing a source that already carries scaling (the search replaces the whole rope)."""
+    try:
+        return source.base_rope(original_context)  # Source reads it once (formats/source.py)
+    except UnsupportedError as e:
+        raise UnsupportedError(e.problem, "search from the base model (the search replaces the whole rope)") from None
+
+
 def search(o: SearchOptions) -> SearchResult:
-    from ropeconvert.convert.pipeline import base_rope
     from ropeconvert.formats.source import hf_checkpoint, resolve
     from ropeconvert.formats.tensors import require_safetensors
     from ropeconvert.validators.runtime import pick_device
@@ -88,10 +70,7 @@ def search(o: SearchOptions) -> SearchResult:
     settings = check_options(o)
     source = resolve(o.model, progress=o.progress)
     require_safetensors(source.path)  # pickle weights refused before the search writes anything
-    try:
-        base = base_rope(source, o.original_context)
-    except UnsupportedError as e:
-        raise UnsupportedError(e.problem, "search from the base model (the search replaces the whole rope)") from None
+    base = base_of(source, o.original_context)
     _, target = resolve_target(base, o.factor, o.target_context)
     out = Path(o.out) if o.out is not None else default_out(o.model, o.method, target)
     dev, dtype = pick_device(o.device)

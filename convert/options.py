@@ -1,0 +1,49 @@
+"""What one `ropeconvert MODEL --method M …` run is asked to do: the only declaration of convert's options.
+
+The CLI builds its flags from these fields (ropeconvert/cli.py); `pipeline.convert(opts)` runs convert → validate →
+publish from them. Method knobs (--factor, --beta-fast, …) are declared by the methods themselves and arrive in
+`knobs` (None = not set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def cli(help: str | None = None, *shorts: str, argument: bool = False, metavar: str | None = None,
+        methods: tuple[str, ...] | None = None, flag: bool = True) -> dict:
+    """Field metadata for the CLI built from an options dataclass (ropeconvert/cli_options.py):
+    `field(default=…, metadata=cli("help", "-k"))`. `methods`: the methods that read the field (None: all);
+    `flag=False`: no option of its own (the CLI derives it, e.g. `progress` from --quiet)."""
+    return {"cli": {"help": help, "shorts": shorts, "argument": argument, "metavar": metavar, "methods": methods,
+                    "flag": flag}}
+
+
+@dataclass
+class ConvertOptions:
+    model: str = field(metadata=cli(
+        "Alias (see `ropeconvert methods --models`), Hub id org/name, HF directory or .gguf file.", argument=True))
+    method: str
+    to: str = field(default="hf", metadata=cli("Export format: hf, gguf or both."))
+    out: Path | None = field(default=None, metadata=cli("Output path (default: MODEL-METHOD-NNk[.gguf])."))
+    knobs: dict[str, Any] = field(default_factory=dict, metadata=cli(flag=False))  # a flag per knob (the registry)
+    original_context: int | None = None
+    force: bool = False
+    link: bool = field(default=False, metadata=cli("Hard-link weights instead of copying (same filesystem)."))
+    replace_scaling: bool = field(default=False, metadata=cli("Replace rope scaling the source already has."))
+    revision: str | None = field(default=None, metadata=cli("Hub revision of the source."))
+    progress: bool = field(default=True, metadata=cli(flag=False))  # --quiet
+    outtype: str | None = field(default=None, metadata=cli(
+        "GGUF tensor type for HF sources: f32, f16 (default), bf16 or q8_0. GGUF sources are copied as they are."))
+    static: bool = field(default=False, metadata=cli(
+        "GGUF: bake dynamic NTK at the target length (llama.cpp has no dynamic NTK)."))
+    base_model: str | None = field(default=None, metadata=cli(
+        "The Hub id MODEL is a copy of, recorded for the model card's base_model (a local directory is otherwise "
+        "'a local model')."))
+    validate: bool = field(default=False, metadata=cli(
+        "Then measure base vs extended (ppl, passkey) and write the report."))
+    push: str | None = field(default=None, metadata=cli(
+        "Then validate and publish to this Hub repo if validation passed (the GGUF of --to both goes to "
+        "ORG/NAME-GGUF).", metavar="ORG/NAME"))
+    private: bool = field(default=False, metadata=cli("--push: create the Hub repo private."))

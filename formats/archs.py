@@ -1,0 +1,55 @@
+"""THE architecture table: for each supported family, its HF model types, GGUF arch, HF class, Q/K permute rule
+and which per-pair rope tensors its llama.cpp graph loads (ecosystem.md §2.3; checked against the llama.cpp tree
+vendored in llama-cpp-python 0.3.36, src/models/{llama,qwen2,qwen3,phi3}.cpp).
+
+Every other module asks this table; none keeps its own list of architectures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ropeconvert.errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class Arch:
+    gguf: str  # GGUF general.architecture
+    model_types: tuple[str, ...]  # HF config model_type values written to / read from this arch (first = written)
+    hf_class: str  # the HF class a GGUF of this arch is read back as
+    permute_qk: bool  # llama.cpp runs the NORM (interleaved-pair) rope: Q/K rows are permuted from HF's rotate-half
+    per_pair: str | None  # how the graph takes per-pair divisors: "rope_freqs", "long_short" (LongRoPE pair), None
+    honours: str  # the methods a GGUF of this arch can carry, for error messages
+
+    @property
+    def model_type(self) -> str:
+        return self.model_types[0]
+
+
+ARCHS: dict[str, Arch] = {a.gguf: a for a in (
+    Arch("llama", ("llama", "mistral"), "LlamaForCausalLM", permute_qk=True, per_pair="rope_freqs",
+         honours="linear, ntk, yarn, longrope, llama3, dynamic --static"),
+    Arch("qwen2", ("qwen2",), "Qwen2ForCausalLM", permute_qk=False, per_pair=None,
+         honours="linear, ntk, yarn (default betas 32/1), dynamic --static"),
+    Arch("qwen3", ("qwen3",), "Qwen3ForCausalLM", permute_qk=False, per_pair=None,
+         honours="linear, ntk, yarn (default betas 32/1), dynamic --static"),
+    Arch("phi3", ("phi3",), "Phi3ForCausalLM", permute_qk=False, per_pair="long_short",
+         honours="linear, ntk, yarn, longrope, llama3, dynamic --static"),
+)}
+MODEL_TYPES: dict[str, Arch] = {mt: a for a in ARCHS.values() for mt in a.model_types}
+SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
+FAMILIES = "Llama, Mistral, Qwen2/3, Phi-3, SmolLM families"
+
+
+def for_model_type(model_type: object, *, purpose: str = "") -> Arch:
+    """The arch an HF config's model_type maps to; UnsupportedError naming what is supported otherwise."""
+    if model_type not in MODEL_TYPES:
+        what = f"{purpose} does not support" if purpose else "unsupported architecture"
+        raise UnsupportedError(f"{what} model_type={model_type!r}",
+                               f"supported: {', '.join(MODEL_TYPES)} ({FAMILIES})")
+    return MODEL_TYPES[model_type]  # type: ignore[index]
+
+
+def for_gguf(arch: object) -> Arch:
+    if arch not in ARCHS:
+        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}", f"supported: {', '.join(ARCHS)}")
+    return ARCHS[arch]  # type: ignore[index]

@@ -1,0 +1,215 @@
+"""What one `ropeconvert validate` run is asked to do: the only declaration of validate's options.
+
+`ValidateOptions` is what `validate()` takes (`validate.Options` is the same class); the typer command is built
+from its fields and from `CommandInputs` (what only the command has: the paths, --base, --parity, --json), with the
+flags shared by several commands taken from ropeconvert/cli_options.py by field name. A field's metadata holds its
+help, its CLI type when the command reads it as text (a comma-separated list) and the parser that turns that text
+into the field's value. Each task reads its own fields (passkey: depths, trials; RULER: samples, threshold, …).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ropeconvert.errors import InputError
+
+DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+MIN_LENGTH = 16
+
+
+def cli(help: str | None = None, *decls: str, type: Any = None, parse: Callable | None = None, argument: bool = False,
+        metavar: str | None = None, flag: bool = True, name: str | None = None, minimum: int | None = None,
+        lengths: bool = False) -> dict:
+    """Field metadata (the shape of convert/options.py's `cli`, plus): `decls` the flag's declarations when not
+    `--field-name`; `type`/`parse` the CLI type and its parser (text → value; None → the field's default); `name`
+    the command's parameter when not the field's; `minimum` checked by `ValidateOptions.check`; `lengths`: a list
+    of token lengths (each ≥ 16, none past the export's target)."""
+    return {"cli": {"help": help, "decls": decls, "type": type, "parse": parse, "argument": argument,
+                    "metavar": metavar, "flag": flag, "name": name, "minimum": minimum, "lengths": lengths}}
+
+
+def parse_list(label: str, text: str | None, kind: Callable = int) -> tuple | None:
+    """'4096,8192' / '4k,8k' → (4096, 8192); one line naming the option when malformed."""
+    if text is None:
+        return None
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = kind(float(part[:-1]) * 1024) if kind is int and part[-1:].lower() == "k" else kind(part)
+        except (ValueError, IndexError, OverflowError):  # OverflowError: "1e400k" is inf tokens
+            raise InputError(f"{label}: {part!r} is not a valid {'integer' if kind is int else 'number'}",
+                             f"give a comma-separated list, e.g. {label} {'4096,8192' if kind is int else '0.1,0.5,0.9'}") from None
+        if kind is int and value <= 0:
+            raise InputError(f"{label}: lengths must be positive, got {part}", f"e.g. {label} 4096,8192")
+        out.append(value)
+    if not out:
+        raise InputError(f"{label} is empty")
+    return tuple(out)
+
+
+def _names(label: str, text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names and label == "--tasks":
+        raise InputError("--tasks is empty", "e.g. --tasks ppl,passkey,niah or --tasks ruler")
+    return names
+
+
+def _ints(label: str) -> Callable:
+    return lambda text: parse_list(label, text)
+
+
+@dataclass
+class ValidateOptions:
+    tasks: tuple[str, ...] = field(default=("ppl", "passkey"), metadata=cli(
+        "Comma-separated: ppl, passkey, niah, ruler (every offline RULER task) or RULER task names (niah_single_1, "
+        "vt, cwe, …).", type=str, parse=lambda t: _names("--tasks", t)))
+    lengths: tuple[int, ...] | None = field(default=None, metadata=cli(  # default: original/2, original, target
+        "Token lengths, e.g. 4096,8192,16384 (default: original/2, original, target).", type=Optional[str],
+        parse=_ints("--lengths"), lengths=True))
+    passkey_lengths: tuple[int, ...] | None = field(default=None, metadata=cli(
+        "Passkey lengths (default: --lengths).", type=Optional[str], parse=_ints("--passkey-lengths"), lengths=True))
+    niah_lengths: tuple[int, ...] | None = field(default=None, metadata=cli(
+        "4-needle lengths (default: --lengths).", type=Optional[str], parse=_ints("--niah-lengths"), lengths=True))
+    depths: tuple[float, ...] = field(default=DEFAULT_DEPTHS, metadata=cli(
+        "Passkey depths in [0, 1] (default 0.1,0.5,0.9).", type=Optional[str],
+        parse=lambda t: parse_list("--depths", t, float)))
+    trials: int = field(default=2, metadata=cli("Passkey trials per (length, depth) cell.", minimum=1))
+    niah_samples: int = field(default=2, metadata=cli("4-needle samples per length.", minimum=1))
+    documents: int = field(default=2, metadata=cli("Perplexity documents.", minimum=1))
+    text: Path | None = field(default=None, metadata=cli("Your own text: a .txt file or a directory of them."))
+    corpus: str = field(default="austen", metadata=cli())  # a corpus name (or, from the API, a text path)
+    dataset: str | None = field(default=None, metadata=cli(
+        "Hub dataset instead (online): pg19, proof-pile or ORG/NAME[:GLOB]."))
+    truncate: bool = field(default=True, metadata=cli(
+        "One window per document, or slide with --stride.", "--truncate/--sliding"))
+    stride: int = field(default=256, metadata=cli("--sliding: tokens between windows.", minimum=1))
+    max_windows: int = field(default=10, metadata=cli("--sliding: windows per document at most.", minimum=1))
+    tokens: int | None = field(default=None, metadata=cli("--parity: sequence length (default original + 1024)."))
+    device: str | None = field(default=None, metadata=cli())
+    seed: int = field(default=0, metadata=cli("Seed for passkeys, needles and RULER samples."))
+    samples: int = field(default=4, metadata=cli("RULER samples per task and length (RULER uses 500)."))
+    threshold: str = field(default="85.6", metadata=cli(
+        "RULER effective-length threshold (0-100], or 'base': the base's own average at its original context."))
+    qa_files: tuple[str, ...] = field(default=(), metadata=cli(
+        "SQuAD (qa_1) and/or HotpotQA (qa_2) JSON files for RULER's QA tasks.", "--qa-file", type=Optional[str],
+        metavar="FILE[,FILE]", name="qa_file", parse=lambda t: _names("--qa-file", t)))
+    progress: bool = field(default=True, metadata=cli(  # the command's --quiet
+        type=bool, name="quiet", parse=lambda quiet: None if quiet is None else not quiet))
+    notes: list[str] = field(default_factory=list, metadata=cli(flag=False))
+
+    def check(self) -> None:
+        """Refuse, in one line, what no task can measure; then each chosen task checks its own options."""
+        from ropeconvert.validators import task_registry
+
+        task_registry.check_names(self.tasks)
+        if self.text is not None and not Path(self.text).exists():
+            raise InputError(f"--text {self.text} does not exist", "pass a .txt file or a directory of .txt files")
+        for f in dataclasses.fields(self):
+            meta, value = f.metadata["cli"], getattr(self, f.name)
+            if meta["lengths"] and value is not None and (not value or any(v < MIN_LENGTH for v in value)):
+                raise InputError(f"{flag_of(f)} must be token counts ≥ {MIN_LENGTH}, got {list(value)}",
+                                 "e.g. --lengths 4096,8192,16384")
+            if meta["minimum"] is not None and value < meta["minimum"]:
+                raise InputError(f"{flag_of(f)} must be ≥ {meta['minimum']}, got {value}")
+        if any(not 0 <= d <= 1 for d in self.depths) or not self.depths:
+            raise InputError(f"--depths must lie in [0, 1], got {list(self.depths)}", "e.g. --depths 0.1,0.5,0.9")
+        for task, selectors in self.registered().values():
+            task.check(self, selectors)
+
+    def registered(self) -> dict[str, tuple[Any, tuple[str, ...]]]:
+        """The tasks asked for: {report key: (task, the --tasks names that chose it)}."""
+        from ropeconvert.validators import task_registry
+
+        return task_registry.chosen(self.tasks)
+
+    def check_limit(self, limit: int, what: str) -> None:
+        """Refuse any length past `limit` before anything is measured: the export promises nothing there, and a
+        50M-token prompt would only end in the tokenizer's panic."""
+        for f in dataclasses.fields(self):
+            values = getattr(self, f.name)
+            if f.metadata["cli"]["lengths"] and values is not None and max(values) > limit:
+                label = flag_of(f)
+                raise InputError(f"{label} {max(values)} is longer than {what} ({limit} tokens)",
+                                 f"measure at most {limit} tokens, e.g. {label} {max(16, limit // 2)},{limit}")
+
+
+@dataclass
+class CommandInputs:
+    """What only the command has (the API passes them to `validate()` / `parity()` as arguments)."""
+
+    export: Path = field(metadata=cli("The export: HF directory or .gguf (with --parity: the HF directory).",
+                                      argument=True))
+    gguf: Path | None = field(default=None, metadata=cli("--parity only: the GGUF export to compare with.",
+                                                         argument=True))
+    base: str | None = field(default=None, metadata=cli(
+        "Base model (alias, Hub id, path); default: the export's recorded source."))
+    parity: bool = field(default=False, metadata=cli("Compare an HF export (transformers) with a GGUF (llama.cpp)."))
+    as_json: bool = field(default=False, metadata=cli("Print the report as JSON."))
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    meta = f.metadata["cli"]
+    return meta["decls"][0].split("/")[0] if meta["decls"] else "--" + f.name.replace("_", "-")
+
+
+def _cli_default(f: dataclasses.Field) -> Any:
+    if f.metadata["cli"]["parse"] is not None:
+        return False if f.metadata["cli"]["type"] is bool else None  # unset: the field's default
+    return f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
+
+
+def cli_parameters() -> list[inspect.Parameter]:
+    """The typer parameters of `ropeconvert validate`: CommandInputs then ValidateOptions, one per field; a field
+    whose name is a shared alias (quiet, device, seed, text, corpus, documents, samples, lengths, as_json …) takes
+    the alias (with this command's help when the field gives one)."""
+    import typing
+    from typing import Annotated
+
+    import typer
+
+    from ropeconvert import cli_options as C
+
+    params = []
+    for cls in (CommandInputs, ValidateOptions):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata["cli"]
+            if not meta["flag"]:
+                continue
+            name = meta["name"] or f.name
+            kind = meta["type"] or C.cli_type(hints[f.name])
+            if meta["argument"]:
+                alias = Annotated[kind, typer.Argument(help=meta["help"])]
+            elif name in C.SHARED:
+                alias = C.with_help(C.SHARED[name], meta["help"]) if meta["help"] else C.SHARED[name]
+            else:
+                decls = meta["decls"] or (C.flag(name),)
+                alias = Annotated[kind, typer.Option(*decls, help=meta["help"], metavar=meta["metavar"])]
+            params.append(C.parameter(name, alias, _cli_default(f)))
+    return params
+
+
+def cli_signature() -> inspect.Signature:
+    return inspect.Signature(cli_parameters())
+
+
+def from_cli(values: dict[str, Any]) -> tuple[CommandInputs, ValidateOptions]:
+    """The command's parameter values → (its inputs, the options): list flags parsed, unset ones defaulted."""
+    inputs = CommandInputs(**{f.name: values[f.name] for f in dataclasses.fields(CommandInputs)})
+    kwargs = {}
+    for f in dataclasses.fields(ValidateOptions):
+        meta = f.metadata["cli"]
+        if not meta["flag"]:
+            continue
+        value = values[meta["name"] or f.name]
+        if meta["parse"] is not None:
+            value = meta["parse"](value)
+            if value is None:
+                continue
+        kwargs[f.name] = value
+    return inputs, ValidateOptions(**kwargs)
