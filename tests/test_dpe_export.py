@@ -158,7 +158,8 @@ def test_gguf_carries_the_map_and_llamacpp_runs_exactly_the_labelled_approximati
     assert list(field(reader, "ropeconvert.dpe.selected")) == sel().astype(int).ravel().tolist()
     assert spec_from_gguf(reader) == dpe_spec  # the exact map travels with the file
     # llama.cpp = transformers running the same per-pair divisors: the approximation is what the label says
-    ids = list(np.random.default_rng(0).integers(3, 40000, 480))
+    vocab = read_config(tiny_llama)["vocab_size"]  # ids inside the tiny model's own vocabulary
+    ids = list(np.random.default_rng(0).integers(3, vocab, 480))
     ev = gguf_eval(path, ids)
     approx = RopeSpec(method="approx", base=dpe_spec.base, target_context=512, rope_theta=dpe_spec.rope_theta,
                       factors=tuple(float(x) for x in f))

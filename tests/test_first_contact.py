@@ -21,8 +21,7 @@ CARD_FRONT = "---\n"
 
 
 def make(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    if not (VENV / ".installed").is_file():
-        pytest.skip("the tests run outside the Makefile's environment (no .installed stamp)")
+    assert (VENV / ".installed").is_file(), "run the tests with `make test` (it builds the environment make reuses)"
     return subprocess.run(["make", "-s", "-C", str(REPO), f"VENV={VENV}", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
 
@@ -38,10 +37,12 @@ def front_matter(card: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_model(tiny_llama, tmp_path_factory) -> Path:
-    """A local directory under a path that must never show up in anything published."""
+def local_model(tiny_llama_49k, tmp_path_factory) -> Path:
+    """A local directory under a path that must never show up in anything published. The 49k-token tiny model: its
+    (seeded, so fixed) validation passes, so `make publish` gets to its dry run; on the 512-token one the random
+    model's extended perplexity lands above the base's and publish rightly refuses, which is not what this tests."""
     root = tmp_path_factory.mktemp("machine-specific-home-dir")
-    return Path(shutil.copytree(tiny_llama, root / "my-local-llama"))
+    return Path(shutil.copytree(tiny_llama_49k, root / "my-local-llama"))
 
 
 def test_user_make_targets_on_the_tiny_model(local_model, tmp_path):

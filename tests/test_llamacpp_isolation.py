@@ -34,12 +34,14 @@ IDS = list(range(100, 400))
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_llama, tmp_path_factory):
-    """A linear ×2 export of the tiny model (original 256 → 512) as GGUF and as an HF directory."""
+def exported(tiny_llama_49k, tmp_path_factory):
+    """A linear ×2 export of the tiny model (original 256 → 512) as GGUF and as an HF directory. The 49k-token one:
+    its 49,152-wide output makes a 4,000-token eval last seconds, long enough to interrupt mid-request (the
+    512-token model finishes it in ~0.1 s)."""
     root = tmp_path_factory.mktemp("iso")
-    spec = build_spec("linear", base_rope_from_config(read_config(tiny_llama)), factor=2.0)
-    gguf, _ = write_gguf_export(tiny_llama, spec, root / "tiny-linear.gguf", outtype="f32", progress=False)
-    hf, _ = write_hf_export(tiny_llama, spec, root / "tiny-linear", link=True, progress=False)
+    spec = build_spec("linear", base_rope_from_config(read_config(tiny_llama_49k)), factor=2.0)
+    gguf, _ = write_gguf_export(tiny_llama_49k, spec, root / "tiny-linear.gguf", outtype="f32", progress=False)
+    hf, _ = write_hf_export(tiny_llama_49k, spec, root / "tiny-linear", link=True, progress=False)
     return gguf, hf
 
 
@@ -138,10 +140,10 @@ def test_greedy_and_tokenizer_match_llama_cpp_python(exported):
         assert (ids, new, llm.detokenize(new)) == (want["ids"], want["new"], want["text"])
 
 
-def test_validate_keeps_the_transformers_half_when_llamacpp_crashes(exported, tiny_llama, capsys, monkeypatch):
+def test_validate_keeps_the_transformers_half_when_llamacpp_crashes(exported, tiny_llama_49k, capsys, monkeypatch):
     gguf, _ = exported
     monkeypatch.setenv(CRASH_HOOK, "1")
-    code, err = run_main(["validate", gguf, "--base", tiny_llama, "--tasks", "ppl,passkey", "--lengths", "128,512",
+    code, err = run_main(["validate", gguf, "--base", tiny_llama_49k, "--tasks", "ppl,passkey", "--lengths", "128,512",
                           "--passkey-lengths", "512", "--depths", "0.5", "--trials", "1", "--documents", "1", "-q"],
                          capsys, monkeypatch)
     report_path = gguf.with_name("tiny-linear.report") / "report.json"
