@@ -19,6 +19,9 @@ class Arch:
     permute_qk: bool  # llama.cpp runs the NORM (interleaved-pair) rope: Q/K rows are permuted from HF's rotate-half
     per_pair: str | None  # how the graph takes per-pair divisors: "rope_freqs", "long_short" (LongRoPE pair), None
     honours: str  # the methods a GGUF of this arch can carry, for error messages
+    # its config keeps a top-level original_max_position_embeddings whatever the rope (mistral.rs's phi3 refuses a
+    # config without it; mlx-lm's phi3 then assumes 4096)
+    keeps_original: bool = False
 
     @property
     def model_type(self) -> str:
@@ -33,10 +36,9 @@ ARCHS: dict[str, Arch] = {a.gguf: a for a in (
     Arch("qwen3", ("qwen3",), "Qwen3ForCausalLM", permute_qk=False, per_pair=None,
          honours="linear, ntk, yarn (default betas 32/1), dynamic --static"),
     Arch("phi3", ("phi3",), "Phi3ForCausalLM", permute_qk=False, per_pair="long_short",
-         honours="linear, ntk, yarn, longrope, llama3, dynamic --static"),
+         honours="linear, ntk, yarn, longrope, llama3, dynamic --static", keeps_original=True),
 )}
 MODEL_TYPES: dict[str, Arch] = {mt: a for a in ARCHS.values() for mt in a.model_types}
-SUPPORTED_MODEL_TYPES = tuple(MODEL_TYPES)
 FAMILIES = "Llama, Mistral, Qwen2/3, Phi-3, SmolLM families"
 
 

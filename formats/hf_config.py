@@ -30,7 +30,7 @@ from ropeconvert.convert.methods import METHODS, build_spec
 from ropeconvert.convert.methods.longrope import su_attention_factor
 from ropeconvert.convert.spec import DYNAMIC, LINEAR, POSITION_MAP, THETA, BaseRope, RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
-from ropeconvert.formats.archs import SUPPORTED_MODEL_TYPES, for_model_type  # noqa: F401  (re-exported)
+from ropeconvert.formats.archs import MODEL_TYPES, for_model_type
 from ropeconvert.formats.config_check import check_config, require
 from ropeconvert.formats.dpe_format import hf_config as position_map_config
 
@@ -86,6 +86,9 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
     out["rope_theta"] = float(spec.rope_theta)
     if spec.kind == THETA:  # plain rope with the new base: no rope dict at all (see the module docstring)
         out["max_position_embeddings"] = int(target)
+        arch = MODEL_TYPES.get(config.get("model_type"))
+        if arch is not None and arch.keeps_original:
+            out["original_max_position_embeddings"] = L
         return out
     hf = _native(spec)
     rope = {"rope_type": hf.rope_type, **hf.write(spec)} if hf is not None else _per_pair_rope(spec)

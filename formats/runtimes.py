@@ -27,6 +27,7 @@ _MLX = "mlx_lm/models/rope_utils.py initialize_rope"
 # its config parser accepts rope_scaling types `llama3`, `linear`, `default` only (its own error message) and
 # takes max_position_embeddings as the longest sequence (Runner.max_sequence_length)
 _MRS = "mistral.rs 0.9.5 llama config deserialisation (the rope_scaling enum), measured by loading exports"
+_MRS_PHI3 = "mistral.rs 0.9.5 phi3 model (its own longrope), measured by log-probs against transformers"
 _LCPP = "llama.cpp convert_hf_to_gguf.py (measured in issue 18); ropeconvert --to gguf: formats/gguf_rope.py"
 
 
@@ -82,6 +83,9 @@ def rule(runtime: str, spec: RopeSpec) -> Rule:
             return Rule("partial", "ignores this attention factor (it has no mscale form)", _MLX + " → YarnRoPE")
         return Rule("exact", "", _MLX)
     if runtime == "mistral.rs":
+        if k == LONGROPE and spec.base.arch == "phi3":  # its phi3 model has its own longrope (measured)
+            return Rule("partial", f"its phi3 model loads longrope but differs from transformers past {L} tokens",
+                        _MRS_PHI3)
         if k in (YARN, LONGROPE, PER_PAIR, DYNAMIC):
             alt = "ntk or llama3" if k != DYNAMIC else "ntk"
             return Rule("unsupported", f"refuses rope_scaling type {_hf_type(k)!r} (knows default, linear, llama3): "

@@ -90,9 +90,9 @@ def small_tokenizer(tmp_path_factory) -> Path:
 
 def make_tiny_model(out: Path, tokenizer_dir: Path, *, model_type: str = "llama", original_context: int = 256,
                     rope_theta: float = 10000.0, head_dim: int = 16, layers: int = 2, intermediate: int = 96,
-                    shard_size: str | None = None, seed: int = 0) -> Path:
+                    shard_size: str | None = None, seed: int = 0, **config_extra) -> Path:
     """A random tiny model with the tokenizer of `tokenizer_dir` (its vocab_size is the tokenizer's), saved as
-    safetensors (sharded when shard_size is given)."""
+    safetensors (sharded when shard_size is given); `config_extra` goes into its config."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -102,7 +102,7 @@ def make_tiny_model(out: Path, tokenizer_dir: Path, *, model_type: str = "llama"
         model_type, hidden_size=heads * head_dim, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, vocab_size=vocab_size_of(tokenizer_dir),
         max_position_embeddings=original_context, rope_theta=rope_theta, tie_word_embeddings=True,
-        bos_token_id=1, eos_token_id=2,
+        bos_token_id=1, eos_token_id=2, **config_extra,
     )
     model = AutoModelForCausalLM.from_config(config)
     kwargs = {"max_shard_size": shard_size} if shard_size else {}

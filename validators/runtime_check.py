@@ -136,7 +136,7 @@ def export_spec(export: Path):
     if not (export / "config.json").is_file():
         raise InputError(f"{export} is not an HF export directory",
                          "pass the directory written by `ropeconvert MODEL --method … --to hf`; GGUF exports run in "
-                         "llama.cpp: check them with `ropeconvert validate --tasks parity`")
+                         "llama.cpp: check them with `ropeconvert validate --parity HF_DIR GGUF`")
     spec = load_manifest(export).get("spec") if (export / MANIFEST_FILE).is_file() else None
     if spec:
         return RopeSpec.from_dict(spec)
