@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
-def cli(help: str | None = None, *shorts: str, argument: bool = False, metavar: str | None = None,
-        methods: tuple[str, ...] | None = None, flag: bool = True) -> dict:
-    """Field metadata for the CLI built from an options dataclass (ropeconvert/cli_options.py):
-    `field(default=…, metadata=cli("help", "-k"))`. `methods`: the methods that read the field (None: all);
-    `flag=False`: no option of its own (the CLI derives it, e.g. `progress` from --quiet)."""
-    return {"cli": {"help": help, "shorts": shorts, "argument": argument, "metavar": metavar, "methods": methods,
-                    "flag": flag}}
+def cli(help: str | None = None, *decls: str, argument: bool = False, metavar: str | None = None,
+        methods: tuple[str, ...] | None = None, flag: bool = True, type: Any = None, parse: Callable | None = None,
+        name: str | None = None, minimum: int | None = None, lengths: bool = False) -> dict:
+    """Field metadata for a CLI built from an options dataclass (ropeconvert/cli_options.py field_parameters), the
+    one form every options dataclass uses: `field(default=…, metadata=cli("help", "-k"))`.
+    - `decls`: short forms ("-k"), or the whole declaration ("--truncate/--no-truncate") when not `--field-name`;
+    - `methods`: the methods that read the field (None: all); `flag=False`: no option of its own (the CLI derives
+      it, e.g. `progress` from --quiet); `name`: the command's parameter when not the field's;
+    - `type`/`parse`: the CLI type when the command reads the value as text, and the parser (text → value; None →
+      the field's default); `minimum`, `lengths`: what ValidateOptions.check checks."""
+    return {"cli": {"help": help, "decls": decls, "argument": argument, "metavar": metavar, "methods": methods,
+                    "flag": flag, "type": type, "parse": parse, "name": name, "minimum": minimum, "lengths": lengths}}
 
 
 @dataclass

@@ -52,13 +52,11 @@ class ConvertResult:
         return out + self.validation + [line for r in self.published for line in r.lines()]
 
 
-def convert(opts: ConvertOptions | str, method: str | None = None, *, log: Callable[[str], None] | None = None,
-            say: Callable[[str], None] | None = None, **options: Any) -> ConvertResult:
+def convert(o: ConvertOptions, *, log: Callable[[str], None] | None = None,
+            say: Callable[[str], None] | None = None) -> ConvertResult:
     """Convert, then validate (opts.validate or opts.push), then publish (opts.push) if validation passed; `log`
     receives publishing's progress notes, `say` each result line as soon as its stage is done (so a refused publish
-    still shows the validation that refused it). `convert(model, method, **fields)` is the same as
-    `convert(ConvertOptions(model, method, **fields))`."""
-    o = opts if isinstance(opts, ConvertOptions) else ConvertOptions(opts, method or "", **options)
+    still shows the validation that refused it)."""
     if o.to not in TARGETS:
         raise UnsupportedError(f"unknown export target {o.to!r}", f"choose one of: {', '.join(TARGETS)}")
     if o.push is not None:  # refuse a bad repo id or a missing token before the slow part

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ropeconvert.errors import InputError
-from ropeconvert.formats.config_check import check_config, show
+from ropeconvert.formats.config_check import show
 from ropeconvert.formats.gguf_keys import PROVENANCE, Keys
 from ropeconvert.formats.gguf_read import field, is_gguf, open_gguf
 from ropeconvert.formats.safe_io import parse_json, read_json

@@ -26,15 +26,12 @@ from gguf import GGUFWriter
 
 from ropeconvert.errors import InputError, RopeConvertError
 from ropeconvert.formats.export import BadSpec, Export
-from ropeconvert.formats.gguf_keys import PROVENANCE, Keys
-from ropeconvert.formats.gguf_read import ROPE_TENSORS, field, gguf_arch, open_gguf
+from ropeconvert.formats.gguf_keys import PROVENANCE, Keys, RopeTensors
+from ropeconvert.formats.gguf_read import field, gguf_arch, open_gguf
 from ropeconvert.formats.safe_io import open_regular
 
-DIGEST_KEY = Keys.SHA256  # the whole file, read with this value as the placeholder
-LEGACY_DIGEST_KEY = Keys.LEGACY_SHA256  # older exports: every byte after this value only
 PLACEHOLDER = "0" * 64
 # where the export came from: identity only (Hub id and revision, or a local file's name and sha256), never a path
-PROVENANCE_KEYS = tuple(PROVENANCE)
 CHUNK = 16 * 1024 * 1024
 HEAD_SCAN = 1 << 20  # the digest key comes right after the architecture: well inside the first MiB
 
@@ -42,14 +39,14 @@ HEAD_SCAN = 1 << 20  # the digest key comes right after the architecture: well i
 def add_provenance(writer: GGUFWriter, provenance: dict[str, Any] | None) -> None:
     """The digest placeholder (call this first, so the digest covers every later key), then where the export came
     from (read by the model card and verify)."""
-    writer.add_string(DIGEST_KEY, PLACEHOLDER)
+    writer.add_string(Keys.SHA256, PLACEHOLDER)
     for name, key in PROVENANCE.items():
         value = (provenance or {}).get(name)
         if value:  # the licence is a dict (id, name, link): JSON, so the card can read it back
             writer.add_string(key, json.dumps(value) if isinstance(value, dict) else str(value))
 
 
-def _digest_at(path: Path, key: str = DIGEST_KEY) -> int | None:
+def _digest_at(path: Path, key: str = Keys.SHA256) -> int | None:
     """File offset of the digest value: the key (u64 length + bytes), type string (u32 8), value length u64 64."""
     marker = struct.pack("<Q", len(key)) + key.encode() + struct.pack("<IQ", 8, 64)
     with open_regular(path, "GGUF file") as f:
@@ -94,7 +91,7 @@ def check_seal(path: Path) -> tuple[bool | None, bool]:
     """(intact, legacy): whether the file's bytes are those its ropeconvert seal was made from (None: it carries no
     seal), and whether the seal is of the old kind (not covering the header bytes before it). Reads raw bytes only,
     so a file whose header no longer parses is still reported as changed."""
-    for key, legacy in ((DIGEST_KEY, False), (LEGACY_DIGEST_KEY, True)):
+    for key, legacy in ((Keys.SHA256, False), (Keys.LEGACY_SHA256, True)):
         value_at = _digest_at(path, key)
         if value_at is None:
             continue
@@ -136,13 +133,13 @@ def verify_gguf(path: Path | Export, source: Path | None = None) -> tuple[list[s
     problems, done = [], []
     intact, legacy = check_seal(path)  # first, from the raw bytes: it holds even when the header no longer parses
     if intact is None:
-        problems.append(f"no {DIGEST_KEY} seal: not a ropeconvert export, or its header was damaged")
+        problems.append(f"no {Keys.SHA256} seal: not a ropeconvert export, or its header was damaged")
     elif not intact:
         problems.append("sha256 differs from the one sealed in the file (header, metadata or tensor data changed "
                         "after export)")
     elif legacy:
         done.append("sha256 of metadata and tensor data ok (an export from an older ropeconvert: its seal, "
-                    f"{LEGACY_DIGEST_KEY}, does not cover the magic, version, counts and architecture before it; "
+                    f"{Keys.LEGACY_SHA256}, does not cover the magic, version, counts and architecture before it; "
                     "re-export for a whole-file seal)")
     else:
         done.append("sha256 of metadata and tensor data ok (the whole file, header included)")
@@ -202,11 +199,11 @@ def _check_rope(export: Export, spec, arch: str, problems: list[str], done: list
 
 
 def _compare_with_source(reader, path: Path, source: Path) -> list[str]:
-    src = {t.name: t for t in open_gguf(source).tensors if t.name not in ROPE_TENSORS}
+    src = {t.name: t for t in open_gguf(source).tensors if t.name not in RopeTensors.ALL}
     out = []
     with open_regular(path, "GGUF file") as a, open_regular(source, "GGUF source") as b:
         for t in reader.tensors:
-            if t.name in ROPE_TENSORS:
+            if t.name in RopeTensors.ALL:
                 continue
             s = src.get(t.name)
             if s is None or s.n_bytes != t.n_bytes:

@@ -4,8 +4,6 @@ Writers and readers import the names from here; no other module spells a `ropeco
 """
 from __future__ import annotations
 
-from gguf import MODEL_TENSOR, TENSOR_NAMES
-
 PREFIX = "ropeconvert."
 
 
@@ -35,9 +33,11 @@ PROVENANCE = {
 
 
 class RopeTensors:
-    FREQS = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"  # per-pair divisors (llama arch)
-    LONG = TENSOR_NAMES[MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight"  # LongRoPE long factors (phi3/llama)
-    SHORT = TENSOR_NAMES[MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight"
+    # gguf-py's TENSOR_NAMES[MODEL_TENSOR.ROPE_*] + ".weight", spelled out so that importing the key names (the HF
+    # side does, for DPE) needs no gguf-py; tests/test_architecture.py checks they are gguf-py's names
+    FREQS = "rope_freqs.weight"  # per-pair divisors (llama arch)
+    LONG = "rope_factors_long.weight"  # LongRoPE long factors (phi3/llama)
+    SHORT = "rope_factors_short.weight"
     ALL = (FREQS, LONG, SHORT)
 
 

@@ -33,7 +33,6 @@ _LAYER = {  # GGUF per-block tensor → HF module path under model.layers.N
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-ROPE_TENSORS = RopeTensors.ALL  # the old name, for the readers that import it from here
 SHARD_BYTES = 2 * 1024**3
 
 
@@ -175,7 +174,7 @@ def existing_scaling(reader) -> str | None:
     factor = field(reader, Keys.Rope.SCALING_FACTOR.format(arch=arch)) or field(reader, f"{arch}.rope.scale_linear")
     from ropeconvert.formats.config_check import show
 
-    tensors = [t.name for t in reader.tensors if t.name in ROPE_TENSORS]
+    tensors = [t.name for t in reader.tensors if t.name in RopeTensors.ALL]
     shown = kind if isinstance(kind, str) and kind.isidentifier() else show(kind)  # values from the file, shown safely
     if tensors:
         return f"{', '.join(tensors)}" + (f" (type {shown})" if kind else "")
@@ -189,7 +188,7 @@ def existing_scaling(reader) -> str | None:
 
 def hf_name(gguf_name: str) -> str | None:
     """HF tensor name for a GGUF one; None for tensors that are rope metadata rather than weights."""
-    if gguf_name in ROPE_TENSORS:
+    if gguf_name in RopeTensors.ALL:
         return None
     stem, _, kind = gguf_name.rpartition(".")
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
@@ -239,7 +238,7 @@ def write_hf_from_gguf(path: Path, out_dir: Path, progress: bool = True, reader=
     shards: list[dict[str, Any]] = [{}]
     size = 0
     weight_map: dict[str, str] = {}
-    n = sum(1 for t in reader.tensors if t.name not in ROPE_TENSORS)
+    n = sum(1 for t in reader.tensors if t.name not in RopeTensors.ALL)
     for name, arr in tqdm(dequantized_tensors(reader, config), total=n, desc="dequantize GGUF", unit="tensor",
                           disable=not progress):
         if size and size + arr.nbytes > SHARD_BYTES:

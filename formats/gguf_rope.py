@@ -40,8 +40,7 @@ from ropeconvert.formats.archs import ARCHS, Arch
 from ropeconvert.formats.gguf_keys import Keys as RcKeys, RopeTensors
 
 # the names other modules imported from here before formats/gguf_keys.py existed
-FREQS, LONG, SHORT, ROPE_TENSOR_NAMES = RopeTensors.FREQS, RopeTensors.LONG, RopeTensors.SHORT, RopeTensors.ALL
-SPEC_KEY = RcKeys.SPEC
+FREQS, LONG, SHORT = RopeTensors.FREQS, RopeTensors.LONG, RopeTensors.SHORT
 SCALE_LINEAR = "{arch}.rope.scale_linear"  # the older linear-factor key llama.cpp still reads (not in gguf.Keys)
 DEFAULT_BETAS = (32.0, 1.0)  # llama.cpp's hparams defaults; its GGUF beta keys are ignored for these archs
 
@@ -148,7 +147,7 @@ def add_rope(writer: GGUFWriter, rope: GgufRope, spec: RopeSpec | None = None) -
     if rope.attn_factor is not None:
         writer.add_rope_scaling_attn_factors(rope.attn_factor)
     if spec is not None:
-        writer.add_string(SPEC_KEY, json.dumps(spec.to_dict(), separators=(",", ":")))
+        writer.add_string(RcKeys.SPEC, json.dumps(spec.to_dict(), separators=(",", ":")))
     if rope.metadata:
         dpe_format.add_gguf_metadata(writer, rope.metadata)
 
@@ -159,7 +158,7 @@ def rope_key_names(arch: str) -> set[str]:
     keys = {k.FREQ_BASE, k.SCALING_TYPE, k.SCALING_FACTOR, k.SCALING_ATTN_FACTOR, k.SCALING_ORIG_CTX_LEN,
             k.SCALING_FINETUNED, k.SCALING_YARN_LOG_MUL, k.SCALING_YARN_EXT_FACTOR, k.SCALING_YARN_ATTN_FACTOR,
             k.SCALING_YARN_BETA_FAST, k.SCALING_YARN_BETA_SLOW, k.DIMENSION_COUNT, Keys.LLM.CONTEXT_LENGTH}
-    return {key.format(arch=arch) for key in keys} | {SCALE_LINEAR.format(arch=arch), SPEC_KEY, *dpe_format.GGUF_KEYS}
+    return {key.format(arch=arch) for key in keys} | {SCALE_LINEAR.format(arch=arch), RcKeys.SPEC, *dpe_format.GGUF_KEYS}
 
 
 def read_rope(reader) -> GgufRope:
@@ -175,7 +174,7 @@ def read_rope(reader) -> GgufRope:
 
     k = Keys.Rope
     ctx = int(key(Keys.LLM.CONTEXT_LENGTH))
-    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors if t.name in ROPE_TENSOR_NAMES}
+    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors if t.name in RopeTensors.ALL}
     n_rot = key(k.DIMENSION_COUNT)
     if n_rot is None:  # llama.cpp's default: the head size
         n_rot = key(Keys.Attention.KEY_LENGTH) or key(Keys.LLM.EMBEDDING_LENGTH) // key(Keys.Attention.HEAD_COUNT)
@@ -192,7 +191,7 @@ def spec_from_gguf(reader) -> RopeSpec | None:
     """The RopeSpec a ropeconvert export was made from (None for other GGUFs)."""
     from ropeconvert.formats.gguf_read import field
 
-    raw = field(reader, SPEC_KEY)
+    raw = field(reader, RcKeys.SPEC)
     return None if raw is None else RopeSpec.from_dict(json.loads(raw))
 
 

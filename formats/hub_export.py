@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ropeconvert.formats.export import (CARD, MANIFEST_FILE, Export, read_manifest, read_report, same_rope,
+from ropeconvert.formats.export import (CARD, MANIFEST_FILE, Export, read_manifest, same_rope,
                                         spec_of)
 from ropeconvert.formats.gguf_keys import PREFIX, Keys, RopeTensors
 from ropeconvert.formats.gguf_read import field as gguf_field
 from ropeconvert.formats.hub_base import license_of_origin
 
-_read_report = read_report  # tests/test_ruler_validate.py reads reports through this name
 Status = Literal["passed", "failed", "missing", "stale", "unextended"]
 # identity fields a `--to both` HF manifest lends the GGUF beside it
 LENT = ("source", "source_revision", "source_name", "source_license", "base_model", "ropeconvert_version")

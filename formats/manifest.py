@@ -9,7 +9,6 @@ formats/inspect.py `verify`, which sends an HF export here and a GGUF to formats
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

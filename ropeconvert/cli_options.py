@@ -78,28 +78,36 @@ def parameter(name: str, alias: Any, default: Any = inspect.Parameter.empty) -> 
 
 
 def field_parameters(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
-    """One typer parameter per CLI field of an options dataclass, in field order; the flag from SHARED or the
-    method knobs where the field's name is one, else `--field-name`; help from the field's metadata if it has any."""
+    """One typer parameter per CLI field of an options dataclass (metadata: convert/options.py `cli`), in field
+    order: the flag from SHARED or the method knobs where the field's name is one, else its declarations or
+    `--field-name`; help from the field's metadata."""
     from ropeconvert.convert.methods import knobs
 
     hints = typing.get_type_hints(cls)
     params = []
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("cli", {})
+        name = meta.get("name") or f.name
         if f.name in skip or not meta.get("flag", True):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
-        help = meta.get("help")
+        help, decls = meta.get("help"), tuple(meta.get("decls") or ())
+        kind = meta.get("type") or cli_type(hints[f.name])
         if meta.get("argument"):
-            alias = Annotated[cli_type(hints[f.name]), typer.Argument(help=help)]
-        elif f.name in SHARED or f.name in knobs.KNOBS:
-            alias = SHARED[f.name] if f.name in SHARED else knob_option(f.name)
-            alias = with_help(alias, help, *meta.get("shorts", ()))
+            alias = Annotated[kind, typer.Argument(help=help)]
+        elif name in SHARED or name in knobs.KNOBS:
+            alias = with_help(SHARED[name] if name in SHARED else knob_option(name), help, *decls)
         else:
-            alias = Annotated[cli_type(hints[f.name]), typer.Option(flag(f.name), *meta.get("shorts", ()),
-                                                                    help=help, metavar=meta.get("metavar"))]
-        params.append(parameter(f.name, alias, default))
+            if not any(d.startswith("--") for d in decls):
+                decls = (flag(name), *decls)
+            alias = Annotated[kind, typer.Option(*decls, help=help, metavar=meta.get("metavar"))]
+        params.append(parameter(name, alias, _default(f, meta)))
     return params
+
+
+def _default(f: dataclasses.Field, meta: dict) -> Any:
+    if meta.get("parse") is not None:  # read as text and parsed: unset means the field's own default
+        return False if meta.get("type") is bool else None
+    return f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
 
 
 def knob_option(name: str) -> Any:

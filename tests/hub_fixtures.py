@@ -30,9 +30,11 @@ def cached_base(cache: Path, tokenizer_dir: Path) -> Path:
 
 
 def make_export(tmp: Path, source: Path, name: str = "tiny-yarn") -> Path:
+    from ropeconvert.convert.options import ConvertOptions
     from ropeconvert.convert.pipeline import convert
 
-    return convert(str(source), "yarn", out=tmp / name, knobs={"factor": 2.0}, progress=False).outputs["hf"]
+    return convert(ConvertOptions(str(source), "yarn", out=tmp / name, knobs={"factor": 2.0},
+                                  progress=False)).outputs["hf"]
 
 
 def plot(path: Path, kind: str, lengths, base, extended) -> None:

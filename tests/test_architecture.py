@@ -115,3 +115,13 @@ def test_ropeconvert_gguf_keys_are_spelled_only_in_gguf_keys():
                 continue
             spelled.append(f"{path.relative_to(REPO)}: {literal}")
     assert not spelled
+
+
+def test_rope_tensor_names_are_gguf_pys():
+    from gguf import MODEL_TENSOR, TENSOR_NAMES
+
+    from ropeconvert.formats.gguf_keys import RopeTensors
+
+    assert (RopeTensors.FREQS, RopeTensors.LONG, RopeTensors.SHORT) == tuple(
+        TENSOR_NAMES[t] + ".weight" for t in (MODEL_TENSOR.ROPE_FREQS, MODEL_TENSOR.ROPE_FACTORS_LONG,
+                                              MODEL_TENSOR.ROPE_FACTORS_SHORT))

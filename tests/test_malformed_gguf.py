@@ -276,17 +276,18 @@ def test_verify_sees_any_header_byte_change(case, where, sealed, tmp_path, capsy
 
 def _legacy_sealed(path: Path) -> Path:
     """A GGUF sealed the way ropeconvert did before the whole-file seal: sha256 of the bytes after the value."""
-    from ropeconvert.formats.gguf_integrity import LEGACY_DIGEST_KEY, PLACEHOLDER
+    from ropeconvert.formats.gguf_integrity import PLACEHOLDER
+    from ropeconvert.formats.gguf_keys import Keys
 
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_string(LEGACY_DIGEST_KEY, PLACEHOLDER)
+    w.add_string(Keys.LEGACY_SHA256, PLACEHOLDER)
     w.add_tensor("token_embd.weight", np.ones((8, 32), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     data = bytearray(path.read_bytes())
-    at = after(bytes(data), LEGACY_DIGEST_KEY.encode()) + 12
+    at = after(bytes(data), Keys.LEGACY_SHA256.encode()) + 12
     data[at:at + 64] = hashlib.sha256(bytes(data[at + 64:])).hexdigest().encode()
     path.write_bytes(bytes(data))
     return path

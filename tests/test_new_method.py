@@ -10,7 +10,6 @@ per_pair spec of a method nothing has registered at all.
 """
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from ropeconvert.convert import pipeline
 from ropeconvert.convert.methods import METHODS, rope_method
+from ropeconvert.convert.options import ConvertOptions
 from ropeconvert.convert.spec import PER_PAIR, BaseRope, RopeSpec, resolve_target
 
 from ropeconvert.errors import UnsupportedError
@@ -52,12 +52,7 @@ def registered():
 
 
 def run_convert(**kw):
-    """pipeline.convert as it is now: keyword arguments, or (issue 17, item 4) one ConvertOptions."""
-    if "opts" in inspect.signature(pipeline.convert).parameters:
-        from ropeconvert.convert.options import ConvertOptions
-
-        return pipeline.convert(ConvertOptions(**kw))
-    return pipeline.convert(**kw)
+    return pipeline.convert(ConvertOptions(**kw))
 
 
 @pytest.fixture(scope="module")

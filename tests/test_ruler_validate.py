@@ -191,14 +191,14 @@ def test_qa_file_runs_qa(models, tmp_path):
 
 def test_reports_of_schema_1_and_2_are_read(tmp_path):
     from ropeconvert.errors import InputError
-    from ropeconvert.formats.hub_export import _read_report
+    from ropeconvert.formats.export import read_report
 
     for schema in ("ropeconvert.report/1", "ropeconvert.report/2"):
         (tmp_path / "report.json").write_text(json.dumps({"schema": schema, "passed": True}))
-        assert _read_report(tmp_path)["schema"] == schema
+        assert read_report(tmp_path)["schema"] == schema
     (tmp_path / "report.json").write_text(json.dumps({"schema": "ropeconvert.report/3", "passed": True}))
     with pytest.raises(InputError, match="not a ropeconvert validation report"):
-        _read_report(tmp_path)
+        read_report(tmp_path)
 
 
 def test_task_registry_rejects_duplicates_and_finds_ruler():

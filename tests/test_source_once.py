@@ -18,6 +18,7 @@ import ropeconvert.formats.gguf_reextend as gguf_reextend
 from ropeconvert.convert.options import ConvertOptions
 from ropeconvert.convert.pipeline import convert
 from ropeconvert.formats import gguf_read
+from ropeconvert.formats.gguf_keys import RopeTensors
 from ropeconvert.formats.gguf_integrity import check_seal
 from ropeconvert.formats.source import embedded_gguf
 
@@ -65,7 +66,7 @@ def test_gguf_conversion_of_the_embedded_model_parses_it_once(tmp_path, opens):
     assert check_seal(out) == (True, False)  # and the file the single reader fed is a sound, sealed export
     written = gguf_read.open_gguf(out)
     source = gguf_read.open_gguf(embedded_gguf())
-    assert [t.name for t in written.tensors if t.name not in gguf_read.ROPE_TENSORS] == \
+    assert [t.name for t in written.tensors if t.name not in RopeTensors.ALL] == \
         [t.name for t in source.tensors]
     assert gguf_read.field(written, "llama.context_length") == 2 * gguf_read.field(source, "llama.context_length")
 

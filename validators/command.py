@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ropeconvert.validators import report as R
-from ropeconvert.validators.options import ValidateOptions, parse_list  # noqa: F401  (parse_list: search's too)
+from ropeconvert.validators.options import ValidateOptions
 from ropeconvert.validators.validate import validate
 
 

@@ -14,21 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ropeconvert.convert.options import cli
 from ropeconvert.errors import InputError
 
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 MIN_LENGTH = 16
-
-
-def cli(help: str | None = None, *decls: str, type: Any = None, parse: Callable | None = None, argument: bool = False,
-        metavar: str | None = None, flag: bool = True, name: str | None = None, minimum: int | None = None,
-        lengths: bool = False) -> dict:
-    """Field metadata (the shape of convert/options.py's `cli`, plus): `decls` the flag's declarations when not
-    `--field-name`; `type`/`parse` the CLI type and its parser (text → value; None → the field's default); `name`
-    the command's parameter when not the field's; `minimum` checked by `ValidateOptions.check`; `lengths`: a list
-    of token lengths (each ≥ 16, none past the export's target)."""
-    return {"cli": {"help": help, "decls": decls, "type": type, "parse": parse, "argument": argument,
-                    "metavar": metavar, "flag": flag, "name": name, "minimum": minimum, "lengths": lengths}}
 
 
 def parse_list(label: str, text: str | None, kind: Callable = int) -> tuple | None:
@@ -157,41 +147,13 @@ def flag_of(f: dataclasses.Field) -> str:
     return meta["decls"][0].split("/")[0] if meta["decls"] else "--" + f.name.replace("_", "-")
 
 
-def _cli_default(f: dataclasses.Field) -> Any:
-    if f.metadata["cli"]["parse"] is not None:
-        return False if f.metadata["cli"]["type"] is bool else None  # unset: the field's default
-    return f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
-
-
 def cli_parameters() -> list[inspect.Parameter]:
     """The typer parameters of `ropeconvert validate`: CommandInputs then ValidateOptions, one per field; a field
     whose name is a shared alias (quiet, device, seed, text, corpus, documents, samples, lengths, as_json …) takes
     the alias (with this command's help when the field gives one)."""
-    import typing
-    from typing import Annotated
+    from ropeconvert.cli_options import field_parameters
 
-    import typer
-
-    from ropeconvert import cli_options as C
-
-    params = []
-    for cls in (CommandInputs, ValidateOptions):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            meta = f.metadata["cli"]
-            if not meta["flag"]:
-                continue
-            name = meta["name"] or f.name
-            kind = meta["type"] or C.cli_type(hints[f.name])
-            if meta["argument"]:
-                alias = Annotated[kind, typer.Argument(help=meta["help"])]
-            elif name in C.SHARED:
-                alias = C.with_help(C.SHARED[name], meta["help"]) if meta["help"] else C.SHARED[name]
-            else:
-                decls = meta["decls"] or (C.flag(name),)
-                alias = Annotated[kind, typer.Option(*decls, help=meta["help"], metavar=meta["metavar"])]
-            params.append(C.parameter(name, alias, _cli_default(f)))
-    return params
+    return field_parameters(CommandInputs) + field_parameters(ValidateOptions)
 
 
 def cli_signature() -> inspect.Signature:

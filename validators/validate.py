@@ -19,7 +19,7 @@ from ropeconvert.errors import InputError
 from ropeconvert.validators import report as R
 from ropeconvert.validators import task_registry
 from ropeconvert.validators.export_info import default_base, export_info
-from ropeconvert.validators.options import DEFAULT_DEPTHS, ValidateOptions  # noqa: F401  (DEFAULT_DEPTHS: by name)
+from ropeconvert.validators.options import ValidateOptions
 
 Options = ValidateOptions  # the name the API and tests have always used
 
