@@ -22,6 +22,8 @@ class Arch:
     # its config keeps a top-level original_max_position_embeddings whatever the rope (mistral.rs's phi3 refuses a
     # config without it; mlx-lm's phi3 then assumes 4096)
     keeps_original: bool = False
+    # the HF rope types its transformers config class accepts (None: any); a plain rope_theta is always accepted
+    hf_rope_types: tuple[str, ...] | None = None
 
     @property
     def model_type(self) -> str:
@@ -36,7 +38,8 @@ ARCHS: dict[str, Arch] = {a.gguf: a for a in (
     Arch("qwen3", ("qwen3",), "Qwen3ForCausalLM", permute_qk=False, per_pair=None,
          honours="linear, ntk, yarn (default betas 32/1), dynamic --static"),
     Arch("phi3", ("phi3",), "Phi3ForCausalLM", permute_qk=False, per_pair="long_short",
-         honours="linear, ntk, yarn, longrope, llama3, dynamic --static", keeps_original=True),
+         honours="linear, ntk, yarn, longrope, llama3, dynamic --static", keeps_original=True,
+         hf_rope_types=("longrope",)),  # Phi3Config validates rope_scaling's type (transformers 4.57 and 5.24)
 )}
 MODEL_TYPES: dict[str, Arch] = {mt: a for a in ARCHS.values() for mt in a.model_types}
 FAMILIES = "Llama, Mistral, Qwen2/3, Phi-3, SmolLM families"

@@ -84,14 +84,19 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in _ROPE_KEYS}
     L, target = spec.original_context, spec.target_context
     out["rope_theta"] = float(spec.rope_theta)
+    arch = MODEL_TYPES[config["model_type"]] if config.get("model_type") in MODEL_TYPES else None
     if spec.kind == THETA:  # plain rope with the new base: no rope dict at all (see the module docstring)
         out["max_position_embeddings"] = int(target)
-        arch = MODEL_TYPES.get(config.get("model_type"))
         if arch is not None and arch.keeps_original:
             out["original_max_position_embeddings"] = L
         return out
     hf = _native(spec)
     rope = {"rope_type": hf.rope_type, **hf.write(spec)} if hf is not None else _per_pair_rope(spec)
+    if arch is not None and arch.hf_rope_types is not None and rope["rope_type"] not in arch.hf_rope_types:
+        raise UnsupportedError(
+            f"transformers' {arch.hf_class} config takes only rope type {', '.join(arch.hf_rope_types)}: an HF "
+            f"{config['model_type']} export cannot carry {spec.method}",
+            "use --method longrope or ntk for an HF export, or --to gguf (llama.cpp runs this rope)")
     needs_original = "original_max_position_embeddings" in rope
     if config.get("model_type") == "phi3" and rope["rope_type"] == "longrope":
         rope = _phi3_longrope(rope, spec)

@@ -223,3 +223,18 @@ def test_check_runtimes_refuses_a_gguf_path(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     # the hint names `validate --parity` (`--tasks parity` is refused, pointing there)
     assert e.value.code == 2 and err.startswith("error: ") and "validate --parity" in err
+
+
+@pytest.mark.parametrize("method,knobs", [("yarn", ["-s", "4"]), ("linear", ["-s", "4"]), ("llama3", ["-s", "4"])])
+def test_phi3_hf_export_refuses_a_rope_transformers_phi3_cannot_load(work, tmp_path, method, knobs):
+    """transformers' Phi3Config takes only longrope (4.57 and 5.24): writing yarn/linear/llama3 for phi3 would make
+    an export no runtime's phi3 model loads; refused with one line, nothing written, and `--to gguf` still works."""
+    from helpers import assert_clean_refusal, run_cli, tree_digest
+
+    src = work / "phi3"
+    out = tmp_path / "phi3-hf"
+    before = tree_digest(src)
+    proc = run_cli(src, "-m", method, *knobs, "--to", "hf", "-o", out, "-q")
+    assert_clean_refusal(proc, out, src, before, "takes only rope type longrope", "--to gguf")
+    gguf = run_cli(src, "-m", method, *knobs, "--to", "gguf", "-o", tmp_path / "phi3.gguf", "-q")
+    assert gguf.returncode == 0, gguf.stderr
