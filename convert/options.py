@@ -52,3 +52,21 @@ class ConvertOptions:
         "Then validate and publish to this Hub repo if validation passed (the GGUF of --to both goes to "
         "ORG/NAME-GGUF).", metavar="ORG/NAME"))
     private: bool = field(default=False, metadata=cli("--push: create the Hub repo private."))
+    # --method auto, and the searches longrope / dpe run when they come without a file (convert/auto.py,
+    # convert/default_search.py)
+    candidates: str | None = field(default=None, metadata=cli(
+        "--method auto: the methods to measure, comma-separated (default: every method the format carries exactly).",
+        metavar="A,B,…"))
+    search_budget: int = field(default=16, metadata=cli(
+        "Evaluations the default search may spend (longrope without --factors, dpe without a map, and their auto "
+        "candidates)."))
+    no_search: bool = field(default=False, metadata=cli(
+        "Refuse instead of searching when longrope has no --factors (and no catalog entry) or dpe no map."))
+    resume: bool = field(default=False, metadata=cli(
+        "Continue the default search or --method auto run kept beside the output (<out>.search, <out>.auto)."))
+    seed: int = field(default=0, metadata=cli("Seed of the default search and of auto's selection prompts."))
+    selection_documents: int = field(default=2, metadata=cli(
+        "--method auto: documents scored at the target and original lengths (never the search's)."))
+    selection_prompts: int = field(default=4, metadata=cli(
+        "--method auto: passkey prompts at the target length (depths spread evenly)."))
+    text: str = field(default="austen", metadata=cli(flag=False))  # --text FILE|DIR, else --corpus NAME

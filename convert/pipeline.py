@@ -14,7 +14,9 @@ from typing import Any, Callable
 from ropeconvert.convert.methods import build_spec
 from ropeconvert.convert.options import ConvertOptions
 from ropeconvert.convert.spec import RopeSpec
-from ropeconvert.errors import UnsupportedError
+from ropeconvert.convert.default_search import work_dir
+from ropeconvert.convert.spec import resolve_target
+from ropeconvert.errors import SpecError, UnsupportedError
 from ropeconvert.formats.output import check_output, output_group
 from ropeconvert.formats.source import Source, hf_checkpoint, resolve
 
@@ -29,6 +31,7 @@ class ConvertResult:
     notes: list[str] = field(default_factory=list)
     validation: list[str] = field(default_factory=list)  # the validation table lines (--validate, --push)
     published: list[Any] = field(default_factory=list)  # formats.hub.PublishResult per output (--push)
+    leaderboard: dict[str, Any] | None = None  # --method auto: every candidate's scores (convert/auto.py)
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"published": [r.to_dict() for r in self.published]} if self.published else {}
@@ -68,7 +71,7 @@ def convert(o: ConvertOptions, *, log: Callable[[str], None] | None = None,
 
         check_repo_id(o.base_model)
     say = say or (lambda line: None)
-    result = export(o)
+    result = export(o, say)
     for line in result.lines():
         say(line)
     if o.validate or o.push is not None:  # --push implies --validate: only validated exports are published
@@ -89,27 +92,46 @@ def convert(o: ConvertOptions, *, log: Callable[[str], None] | None = None,
     return result
 
 
-def export(o: ConvertOptions) -> ConvertResult:
-    """The conversion itself: every export is checked (GGUF: rope, shapes, output path) before any is written."""
+def export(o: ConvertOptions, say: Callable[[str], None] | None = None) -> ConvertResult:
+    """The conversion itself: every export is checked (GGUF: rope, shapes, output path) before any is written.
+    `say` hears the long steps' lines (auto's plan and candidates, a default search's estimate)."""
+    say = say or (lambda line: None)
     source = resolve(o.model, revision=o.revision, progress=o.progress)
     base = source.base_rope(o.original_context, o.replace_scaling)
     knobs = dict(o.knobs or {})
-    if o.method == "dpe" and knobs.get("topk") is not None and knobs.get("dpe_map") is None:
+    if o.method != "auto" and o.candidates is not None:
+        raise SpecError("--candidates applies to --method auto", "drop it, or pass --method auto")
+    if o.method == "dpe" and knobs.get("topk") is not None and knobs.get("scales") is not None:
         from ropeconvert.convert.search.dpe_select import selection_for  # DPE's top-k pairs, measured on the model
 
         knobs["selected"] = selection_for(source, base, knobs, o.progress)
-    catalog_note = None
-    if o.method == "longrope" and knobs.get("factors") is None:  # published factors for this very model, if any
-        from ropeconvert.convert.catalog import from_catalog
+    choice = None
+    if o.method == "auto":  # measure the candidates, then export the winner exactly as `--method WINNER` would
+        from ropeconvert.convert.auto import choose
 
-        found = from_catalog(source.config(), knobs, o.original_context)
-        if found is not None:
-            entry, knobs = found
-            base = source.base_rope(entry.original_context, o.replace_scaling)
-            catalog_note = (f"factors from the catalog: {entry.name}, from {entry.source}"
-                            + (f" ({entry.note})" if entry.note else ""))
-    spec = build_spec(o.method, base, **knobs)
-    out = Path(o.out) if o.out is not None else default_out(source, spec, o.to)
+        if knobs.get("factor") is None and knobs.get("target_context") is None:
+            raise SpecError("--method auto needs the length to measure at", "pass --target-context N or --factor S")
+        _, target = resolve_target(base, knobs.get("factor"), knobs.get("target_context"))
+        if o.out is not None:  # refuse an occupied --out before the measuring, not after
+            check_output(Path(o.out), o.force, directory=o.to != "gguf", sources=(source.path,))
+        work_of = Path(o.out) if o.out is not None else default_out(source, f"auto-{o.to}", target, "hf")
+        choice = choose(o, source, base, target, work_of, say)
+        method, got = choice.method, choice.resolved
+    else:
+        method = o.method
+        from ropeconvert.convert.auto_plan import method_knobs, precheck
+
+        work = None
+        if (method == "longrope" and knobs.get("factors") is None) or \
+                (method == "dpe" and knobs.get("scales") is None and knobs.get("dpe_map") is None):
+            _, target = resolve_target(base, knobs.get("factor"), knobs.get("target_context"))
+            future = Path(o.out) if o.out is not None else default_out(source, method, target, o.to)
+            precheck(method, base, target, source, o.to)  # a rope the format refuses is refused before the search
+            check_output(future, o.force, directory=o.to != "gguf", sources=(source.path,))
+            work = work_dir(future)
+        got = method_knobs(method, o, source, base, knobs, work, say, None, resume=o.resume, force=o.force)
+    spec = got.spec(method)
+    out = Path(o.out) if o.out is not None else default_out(source, spec.method, spec.target_context, o.to)
     gguf_out = None if o.to == "hf" else (out if o.to == "gguf" else Path(str(out) + ".gguf"))
     if o.to != "gguf":  # fail before any slow work; the writers check again (and the source's cached copy)
         check_output(out, o.force, directory=True, sources=(source.path,))
@@ -118,7 +140,10 @@ def export(o: ConvertOptions) -> ConvertResult:
         from ropeconvert.formats.gguf import check_gguf, export_gguf
 
         job = check_gguf(source, spec, gguf_out, outtype=o.outtype, static=o.static, force=o.force)
-    result = ConvertResult(spec, source, notes=[catalog_note] if catalog_note else [])
+    result = ConvertResult(spec, source, notes=[] if got.origin == "the method's defaults" else [got.origin])
+    if choice is not None:
+        result.notes = choice.notes + [f"--method auto chose {method}: {choice.leaderboard['reason']}"] + result.notes
+        result.leaderboard = choice.leaderboard
     from ropeconvert.formats.hub_base import license_of  # the card carries the base's licence (issue 5)
 
     provenance = {**source.provenance(), "source_license": license_of(source)}
@@ -134,7 +159,7 @@ def export(o: ConvertOptions) -> ConvertResult:
 
     if o.to == "gguf":
         write_gguf()
-        return result
+        return _with_leaderboard(result)
     from ropeconvert.formats.hf import write_hf_export
 
     # --to both: the two halves are written to temporary paths and put in place together at the end of the group, or
@@ -147,13 +172,24 @@ def export(o: ConvertOptions) -> ConvertResult:
         result.notes += notes
         if gguf_out is not None:
             write_gguf()
+    return _with_leaderboard(result)
+
+
+def _with_leaderboard(result: ConvertResult) -> ConvertResult:
+    """--method auto: the leaderboard goes into each export's report directory (validate carries it into
+    report.json, the card shows it); the export's own files are the winner's, byte for byte."""
+    if result.leaderboard is not None:
+        from ropeconvert.convert.auto_report import write
+
+        for path in result.outputs.values():
+            write(result.leaderboard, path)
     return result
 
 
-def default_out(source: Source, spec: RopeSpec, to: str) -> Path:
+def default_out(source: Source, method: str, target: int, to: str) -> Path:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.name.rstrip("/")).name).strip("-.") or "model"
     stem = re.sub(r"\.gguf$", "", stem)
-    name = f"{stem}-{spec.method}-{_k(spec.target_context)}"
+    name = f"{stem}-{method}-{_k(target)}"
     return Path(name + ".gguf" if to == "gguf" else name)
 
 

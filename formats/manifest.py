@@ -19,7 +19,7 @@ from ropeconvert.formats.config_check import show
 from ropeconvert.formats.export import MANIFEST_FILE, Export, read_manifest, same_rope
 from ropeconvert.formats.safe_io import open_regular, sha256_file  # noqa: F401  (sha256_file: re-exported)
 
-REPORT_FILES = ("report.json", "report.md", "README.md")  # written after the export; not part of the manifest
+REPORT_FILES = ("report.json", "report.md", "README.md", "selection.json")  # written after the export; not part of the manifest
 CHUNK = 16 * 1024 * 1024
 
 

@@ -135,6 +135,10 @@ def _validation(report: dict[str, Any]) -> str:
     for task, record in reversed(registered):  # the headlines first (RULER's effective lengths), in task order
         out[1:1] = [f"**{line}**" for line in task.summary(record)[:1]]
     out += [section for task, record in registered if (section := task.card(record))]
+    if isinstance(report.get("selection"), dict):  # --method auto: every candidate's scores, the rule, the winner
+        from ropeconvert.convert.auto_report import markdown as selection
+
+        out.append("### How the method was chosen (`--method auto`)\n\n" + selection(report["selection"]).strip())
     if report.get("checks"):
         out.append("### Checks\n\n" + _table(["check", "result", "detail"], [
             [str(c.get("name")), "pass" if c.get("passed") else "**FAIL**", str(c.get("detail", ""))]

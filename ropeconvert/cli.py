@@ -33,6 +33,7 @@ CONVERT_EXAMPLES = [
     "ropeconvert smollm2-135m --method yarn --factor 2 --to hf --out smol-yarn-16k",
     "ropeconvert mistral-7b --method longrope --factors factors.csv --target-context 65536 --to gguf",
     "ropeconvert ./my-llama --method llama3 --factor 8 --original-context 8192",
+    "ropeconvert smollm2-135m --method auto --target-context 16384 --to gguf",
 ]
 
 
@@ -73,6 +74,8 @@ def convert(**given):
     from ropeconvert.convert.pipeline import convert as run
 
     quiet, as_json = given.pop("quiet"), given.pop("as_json")
+    text, corpus = given.pop("text"), given.pop("corpus")
+    given["text"] = str(text) if text else corpus
     # unset knobs are None (a bool knob's absent flag too): build_spec passes on only what the user set
     knobs = {name: given.pop(name) for name in knob_table.cli_names()}
     knobs = {name: None if value is False else value for name, value in knobs.items()}
@@ -86,7 +89,7 @@ def convert(**given):
 
 def _convert_signature() -> Signature:
     """ConvertOptions' fields, with one option per method knob (registry + knobs.py) after --out."""
-    from ropeconvert.cli_options import field_parameters, knob_option, parameter
+    from ropeconvert.cli_options import Corpus, Text, field_parameters, knob_option, parameter
     from ropeconvert.convert.methods import knobs
     from ropeconvert.convert.options import ConvertOptions
 
@@ -95,7 +98,8 @@ def _convert_signature() -> Signature:
     knob_params = [parameter(n, alias, False if get_args(alias)[0] is bool else None)
                    for n, alias in ((n, knob_option(n)) for n in knobs.cli_names())]
     return Signature(fields[:at] + knob_params + fields[at:]
-                     + [parameter("quiet", Quiet, False), parameter("as_json", AsJson, False)])
+                     + [parameter("text", Text, None), parameter("corpus", Corpus, "austen"),
+                        parameter("quiet", Quiet, False), parameter("as_json", AsJson, False)])
 
 
 convert.__signature__ = _convert_signature()  # typer reads the options from the signature

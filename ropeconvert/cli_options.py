@@ -25,6 +25,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the random choices (n
 Text = Annotated[Optional[Path], typer.Option("--text", help="Your own text: a .txt file or a directory of them.")]
 Corpus = Annotated[str, typer.Option("--corpus", help="Offline corpus: austen or shakespeare.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the work an interrupted run left.")]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision: branch, tag or commit.")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output path.")]
 Method = Annotated[str, typer.Option("--method", "-m", help="Extension method (see `ropeconvert methods`).")]
@@ -41,7 +42,7 @@ Lengths = Annotated[Optional[str], typer.Option("--lengths", help="Comma-separat
 # field name → alias: an options dataclass field of this name takes its flag from here
 SHARED: dict[str, Any] = {
     "quiet": Quiet, "as_json": AsJson, "device": Device, "seed": Seed, "text": Text, "corpus": Corpus,
-    "force": Force, "revision": Revision, "out": Out, "method": Method, "original_context": OriginalContext,
+    "force": Force, "resume": Resume, "revision": Revision, "out": Out, "method": Method, "original_context": OriginalContext,
     "private": Private, "base_model": BaseModel, "documents": Documents, "samples": Samples, "lengths": Lengths,
 }
 

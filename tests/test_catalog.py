@@ -69,7 +69,8 @@ def test_entries_are_frozen_values():
 
 def test_longrope_without_factors_takes_the_catalog_entry_for_this_model(tiny_llama, tmp_path, monkeypatch):
     """The pipeline end to end on a tiny model: a catalog entry with its config values is used (and said), the export
-    is the one `--factors FILE` gives; a model no entry has still gets the "needs factors" refusal."""
+    is the one `--factors FILE` gives; a model no entry has gets the "needs factors" refusal under --no-search (without
+    it the default search runs: tests/test_auto.py)."""
     import json
 
     from ropeconvert.convert.options import ConvertOptions
@@ -99,5 +100,5 @@ def test_longrope_without_factors_takes_the_catalog_entry_for_this_model(tiny_ll
     monkeypatch.setattr(catalog, "ENTRIES", ())
     with pytest.raises(SpecError, match="longrope needs factors"):
         convert(ConvertOptions(str(tiny_llama), "longrope", out=tmp_path / "none", knobs={"factor": 4.0},
-                               progress=False))
-    assert not (tmp_path / "none").exists()
+                               progress=False, no_search=True))
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.search").exists()

@@ -106,10 +106,11 @@ def test_every_method_parameter_is_a_knob_with_a_convert_flag():
 
 
 def test_convert_flags_are_convert_options_fields():
-    """Every convert flag is a ConvertOptions field, a knob, or one of the two printing flags."""
+    """Every convert flag is a ConvertOptions field, a knob, one of the two printing flags, or --corpus (the other
+    spelling of the `text` field, as in search)."""
     fields = {f.name for f in dataclasses.fields(ConvertOptions)}
     names = {p.name for p in commands()["convert"].params}
-    assert names - fields - set(knobs.cli_names()) == {"quiet", "as_json"}
+    assert names - fields - set(knobs.cli_names()) == {"quiet", "as_json", "corpus"}
     assert fields - names == {"knobs", "progress"}
 
 

@@ -58,14 +58,10 @@ class NiahTask(T.TaskDefaults):
         return plot_niah(record, original)
 
     def rows(self, record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-        return [("4-needle", str(n), _pct(b), _pct(e))
-                for n, b, e in zip(record["lengths"], record["base"], record["extended"])]
+        return T.length_rows("4-needle", record, _pct)
 
     def card(self, record: dict[str, Any]) -> str:
-        return "### Needle in a haystack (accuracy)\n\n" + T.table(
-            ["length", "base", "extended"],
-            [[T.count(n), T.card_pct(b), T.card_pct(e)] for n, b, e in T.side_by_side(record, "lengths", "base",
-                                                                                       "extended")])
+        return T.length_card("Needle in a haystack (accuracy)", record, T.card_pct)
 
 
 T.register(NiahTask())

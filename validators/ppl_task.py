@@ -83,14 +83,10 @@ class PplTask(T.TaskDefaults):
         return plot_ppl(record, original, target)
 
     def rows(self, record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-        return [("perplexity", str(n), _f(b), _f(e))
-                for n, b, e in zip(record["lengths"], record["base"], record["extended"])]
+        return T.length_rows("perplexity", record, _f)
 
     def card(self, record: dict[str, Any]) -> str:
-        return "### Perplexity (lower is better)\n\n" + T.table(
-            ["length", "base", "extended"],
-            [[T.count(n), T.card_float(b), T.card_float(e)] for n, b, e in T.side_by_side(record, "lengths", "base",
-                                                                                           "extended")])
+        return T.length_card("Perplexity (lower is better)", record, T.card_float)
 
 
 def _f(v: float | None) -> str:

@@ -109,6 +109,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(report["tasks"])]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {c['name']} | {'pass' if c['passed'] else '**FAIL**'} | {c['detail']} |" for c in report["checks"]]
+    if report.get("selection"):
+        from ropeconvert.convert.auto_report import markdown as selection
+
+        lines += ["", "### How the method was chosen", "", selection(report["selection"])]
     lines += ["", f"Overall: **{state(report)}**."]
     for name, file in report["plots"].items():
         lines += ["", f"![{name}]({file})"]

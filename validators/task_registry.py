@@ -205,6 +205,17 @@ def side_by_side(record: dict[str, Any], *keys: str):
     return zip(lengths, *cols)
 
 
+def length_rows(metric: str, record: dict[str, Any], fmt) -> list[tuple[str, str, str, str]]:
+    """The report's rows of a task with one base and one extended value per length."""
+    return [(metric, str(n), fmt(b), fmt(e)) for n, b, e in zip(record["lengths"], record["base"], record["extended"])]
+
+
+def length_card(title: str, record: dict[str, Any], fmt) -> str:
+    """The card's section of a task with one base and one extended value per length."""
+    rows = [[count(n), fmt(b), fmt(e)] for n, b, e in side_by_side(record, "lengths", "base", "extended")]
+    return f"### {title}\n\n" + table(["length", "base", "extended"], rows)
+
+
 def table(head: list[str], rows: list[list[str]]) -> str:
     """A markdown table (the card's)."""
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +

@@ -123,7 +123,14 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
               "runtime": _runtime_info(runtime_info), "corpus": {"name": corpus_name, "documents": list(used)},
               "tasks": tasks, "checks": R.checks(tasks, original), "original_context": original,
               "target_context": target, "notes": notes}
-    path = R.write(report, out_dir, R.figures(tasks, original, target))
+    from ropeconvert.convert import auto_report  # --method auto's leaderboard, when the export has one
+
+    figs = R.figures(tasks, original, target)
+    board = auto_report.read(out_dir)
+    if board is not None:
+        report["selection"] = board
+        figs["selection"] = auto_report.figure(board)
+    path = R.write(report, out_dir, figs)
     guard.reraise(path)  # a crash is still exit 2, now naming the report that kept the other side
     return json.loads(path.read_text()), path
 

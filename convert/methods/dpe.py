@@ -79,7 +79,7 @@ def dpe(base: BaseRope, *, factor: float | None = None, target_context: int | No
                             f"{base.original_context}", f"pass --original-context {pm.original_context} if that is right")
         if factor is None and target_context is None:
             target_context = map_target
-        params["dpe_map"] = str(dpe_map)
+        params["dpe_map"] = Path(dpe_map).name  # its name, never a machine path (exports are published)
     else:
         if scales is None:
             raise SpecError("dpe needs one scale per dimension group",

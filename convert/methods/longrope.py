@@ -93,4 +93,5 @@ def _as_set(value) -> FactorSet:
 
 
 def _describe(value) -> str:
-    return str(value) if isinstance(value, (str, Path)) else f"{len(value)} values"
+    """What the manifest records of a factor source: a file's name, never its machine path (exports are published)."""
+    return Path(value).name if isinstance(value, (str, Path)) else f"{len(value)} values"

@@ -95,12 +95,13 @@ def evaluations_needed(candidates: list[float], groups: int, fixed: float | None
     return 1 + groups * (len(candidates) - (fixed in candidates))
 
 
-def search(o: SearchOptions) -> DpeResult:
+def search(o: SearchOptions, source=None, runtime=None, estimate=None) -> DpeResult:
+    """Run the detection; `source`, a loaded `runtime` of it and `estimate` as in run.search."""
     from ropeconvert.convert.search.run import base_of
     from ropeconvert.formats.source import hf_checkpoint, resolve
     from ropeconvert.formats.tensors import require_safetensors
 
-    source = resolve(o.model, progress=o.progress)
+    source = source or resolve(o.model, progress=o.progress)
     require_safetensors(source.path)  # pickle weights refused before the search writes anything
     base = base_of(source, o.original_context)
     target, window, bounds, candidates, fixed, topk = plan(o, base)
@@ -110,7 +111,7 @@ def search(o: SearchOptions) -> DpeResult:
                 "topk": topk, "samples": o.samples, "seed": o.seed, "text": o.text,
                 "strategy": "start, then one coordinate pass"}
     log = _start_log(out / LOG, settings, o.resume, o.force)
-    return _run(o, base, settings, log, out, hf_checkpoint(source, progress=o.progress))
+    return _run(o, base, settings, log, out, hf_checkpoint(source, progress=o.progress), runtime, estimate)
 
 
 def _start_log(path: Path, settings: dict, resume: bool, force: bool) -> dict:
@@ -138,7 +139,8 @@ def _start_log(path: Path, settings: dict, resume: bool, force: bool) -> dict:
     return {"format": "ropeconvert.dpe_search/1", "settings": settings, "evaluations": []}
 
 
-def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path) -> DpeResult:
+def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path, runtime=None,
+         estimate=None) -> DpeResult:
     from tqdm.auto import tqdm
 
     from ropeconvert.convert.search import dpe_score
@@ -152,7 +154,7 @@ def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: P
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    rt = load(hf_dir, device=o.device, original_context=base.original_context)
+    rt = runtime or load(hf_dir, device=o.device, original_context=base.original_context)
     target, window, fixed = settings["target_context"], settings["window"], settings["fixed_scale"]
     groups = len(settings["boundaries"]) - 1
     if "selected" not in log:  # the selection is part of the log: a resumed sweep uses the same pairs
@@ -182,13 +184,20 @@ def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: P
                 log["evaluations"].append(done[key])
                 counter["new"] += 1
                 write_json(out / LOG, log)
+                if estimate is not None and counter["new"] == 1:
+                    estimate(done[key]["seconds"], needed - len(seen))
             if key not in seen:  # the pass asks again for maps it already has (the current map, the start)
                 seen.add(key)
                 bar.update(1)
             return done[key]
 
         best, uniform, rows = _coordinate_search(evaluate, candidates, groups, fixed, bounds)
-    rt.close()
+    if runtime is None:
+        rt.close()
+    else:  # the caller's model goes back to its own attention
+        from ropeconvert.validators.dpe_attention import detach
+
+        detach(rt.model)
     final = done[tuple(best)]
     pm = PositionMap.build(window=window, boundaries=bounds, scales=best,
                            original_context=base.original_context, selected=selected)

@@ -62,13 +62,16 @@ def base_of(source, original_context: int | None) -> BaseRope:
         raise UnsupportedError(e.problem, "search from the base model (the search replaces the whole rope)") from None
 
 
-def search(o: SearchOptions) -> SearchResult:
+def search(o: SearchOptions, source=None, runtime=None, estimate=None) -> SearchResult:
+    """Run the search `o` asks for. `source` (a formats.source.Source) and `runtime` (a loaded
+    validators.runtime.Runtime of it) are reused when given: the main command's default search and --method auto
+    resolve and load the model once. `estimate(seconds, evaluations)` hears the first evaluation's time."""
     from ropeconvert.formats.source import hf_checkpoint, resolve
     from ropeconvert.formats.tensors import require_safetensors
     from ropeconvert.validators.runtime import pick_device
 
     settings = check_options(o)
-    source = resolve(o.model, progress=o.progress)
+    source = source or resolve(o.model, progress=o.progress)
     require_safetensors(source.path)  # pickle weights refused before the search writes anything
     base = base_of(source, o.original_context)
     _, target = resolve_target(base, o.factor, o.target_context)
@@ -94,10 +97,12 @@ def search(o: SearchOptions) -> SearchResult:
         for stale in (report.FACTORS, report.LOG, report.PLOT):  # --force: no output of the old search survives
             (out / stale).unlink(missing_ok=True)
         checkpoint.write_json(path, data)
-    return _run(o, settings, base, target, out, data, hf_checkpoint(source, progress=o.progress))
+    return _run(o, settings, base, target, out, data, hf_checkpoint(source, progress=o.progress), runtime,
+                estimate)
 
 
-def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir: Path) -> SearchResult:
+def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir: Path,
+         runtime=None, estimate=None) -> SearchResult:
     from ropeconvert.convert.methods.longrope import su_attention_factor
     from ropeconvert.validators import corpus
     from ropeconvert.validators.runtime import load
@@ -107,7 +112,7 @@ def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    runtime = load(hf_dir, device=o.device, original_context=o.original_context)
+    runtime = runtime or load(hf_dir, device=o.device, original_context=o.original_context)
     bos = runtime.bos_id
     docs = pick_documents(runtime.tokenizer, corpus.load(o.text), o.documents, target, o.text)
     names = [n for n, _ in docs]
@@ -133,7 +138,8 @@ def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir
         pdata = data["phases"].setdefault(phase.name, {"references": {},
                                                        "state": fresh_state([o.seed, index])})
         fitness = Fitness(runtime.model, base, phase_samples)
-        _references(phase, pdata, fitness, save)
+        evaluations = len(phase.references) + settings.budget
+        _references(phase, pdata, fitness, save, (lambda t, n=evaluations: estimate(t, n)) if estimate else None)
         bar = _bar(o.progress, settings.budget, len(pdata["state"]["evaluations"]), phase.name)
         evo = Evolution(phase.space, phase.seeds, settings, lambda g, p=phase, f=fitness: f(p.spec_for(g)),
                         phase.expand, lambda st: save(), pdata["state"], progress=bar.step)
@@ -163,8 +169,9 @@ def _long_phase(o: SearchOptions, base: BaseRope, target: int) -> longrope.Phase
     return longrope2.long_phase(base, target, o.critical_dim)
 
 
-def _references(phase, pdata: dict, fitness: Fitness, save) -> None:
-    """PI, NTK, YaRN (or the original rope for short factors) with their own attention factors, once each."""
+def _references(phase, pdata: dict, fitness: Fitness, save, first=None) -> None:
+    """PI, NTK, YaRN (or the original rope for short factors) with their own attention factors, once each;
+    `first(seconds)` hears how long the first one took."""
     for name, spec in phase.references.items():
         if name in pdata["references"]:
             continue
@@ -176,6 +183,9 @@ def _references(phase, pdata: dict, fitness: Fitness, save) -> None:
             "factors": None if spec is None else [float(f) for f in spec.freq_factors(phase.length)],
             "attention_factor": 1.0 if spec is None else spec.attention_factor}
         save()
+        if first is not None:
+            first(pdata["references"][name]["seconds"])
+            first = None
 
 
 def pick_documents(tokenizer, documents, k: int, need: int, text: str) -> list[tuple[str, list[int]]]:
