@@ -40,22 +40,25 @@ class Resolved:
         return build_spec(method, self.base, **self.knobs)
 
 
-def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path, say, runtime, *, resume: bool,
-                 force: bool) -> Resolved:
+def searched(method: str, knobs: dict[str, Any]) -> bool:
+    """Whether `method` with these knobs needs its default search (or the catalog): longrope without --factors, dpe
+    without --scales or --dpe-map."""
+    return (method == "longrope" and knobs.get("factors") is None) or \
+        (method == "dpe" and knobs.get("scales") is None and knobs.get("dpe_map") is None)
+
+
+def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path | None, say, runtime, *,
+                 resume: bool, force: bool) -> Resolved:
     """The knobs of a searched method given without its file: the catalog's entry, else the default search's
-    output (run now, or found complete in `work`); other methods' knobs are returned as given."""
+    output (run now in `work`, or found complete there); other methods' knobs are returned as given."""
     from ropeconvert.convert import default_search as D
+    from ropeconvert.convert.spec import resolve_target
 
     knobs = dict(knobs)
-    shown = "" if work is None else (work.name if work.suffix == ".search" else f"{work.parent.name}/{work.name}")
-    target = knobs.get("target_context")
-    if target is None:
-        from ropeconvert.convert.spec import resolve_target
-
-        _, target = resolve_target(base, knobs.get("factor"), None)
-    common = dict(seed=o.seed, text=o.text, out=work, force=force, progress=o.progress,
-                  original_context=o.original_context)
-    if method == "longrope" and knobs.get("factors") is None:
+    if not searched(method, knobs):
+        return Resolved(knobs, "the method's defaults", base)
+    _, target = resolve_target(base, knobs.get("factor"), knobs.get("target_context"))
+    if method == "longrope":
         from ropeconvert.convert.catalog import from_catalog
 
         found = from_catalog(source.config(), knobs, o.original_context)
@@ -64,8 +67,13 @@ def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path
             return Resolved(knobs, f"factors from the catalog: {entry.name}, from {entry.source}"
                             + (f" ({entry.note})" if entry.note else ""),
                             source.base_rope(entry.original_context, o.replace_scaling))
-        if o.no_search:
-            D.refuse("longrope", o.search_budget)
+    if o.no_search:
+        D.refuse(method, o.search_budget)
+    # the work directory as the user sees it: `<out>.search`, or `<out>.auto/METHOD` under --method auto
+    shown = work.name if work.suffix == ".search" else f"{work.parent.name}/{work.name}"
+    common = dict(seed=o.seed, text=o.text, out=work, force=force, progress=o.progress,
+                  original_context=o.original_context)
+    if method == "longrope":
         done = work / "factors.json"
         if not (resume and done.exists()):
             done = D.run(D.longrope_options(o.model, target, o.search_budget, resume=resume and work.exists(),
@@ -73,20 +81,16 @@ def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path
         return Resolved({**knobs, "factors": done, "target_context": target, "factor": None},
                         f"factors from the default search ({o.search_budget} evaluations, seed {o.seed}), kept in "
                         f"{shown}/ (pass --factors {shown}/factors.json to reuse them)", base)
-    if method == "dpe" and knobs.get("scales") is None and knobs.get("dpe_map") is None:
-        if o.no_search:
-            D.refuse("dpe", o.search_budget)
-        done = work / "dpe_map.json"
-        # the detection takes the window and top-k pairs; the map it writes holds them (and the target)
-        window, topk = knobs.pop("window", None), knobs.pop("topk", None)
-        if not (resume and done.exists()):
-            opts = D.dpe_options(o.model, target, o.search_budget, base, resume=resume and work.exists(),
-                                 window=window, topk=topk, **common)
-            done = D.run(opts, source, runtime, say)
-        return Resolved({k: v for k, v in knobs.items() if k not in ("factor", "target_context")} | {"dpe_map": done},
-                        f"map from the default detection ({o.search_budget} evaluations at most), kept in "
-                        f"{shown}/ (pass --dpe-map {shown}/dpe_map.json to reuse it)", base)
-    return Resolved(knobs, "the method's defaults", base)
+    done = work / "dpe_map.json"
+    # the detection takes the window and top-k pairs; the map it writes holds them (and the target)
+    window, topk = knobs.pop("window", None), knobs.pop("topk", None)
+    if not (resume and done.exists()):
+        opts = D.dpe_options(o.model, target, o.search_budget, base, resume=resume and work.exists(),
+                             window=window, topk=topk, **common)
+        done = D.run(opts, source, runtime, say)
+    return Resolved({k: v for k, v in knobs.items() if k not in ("factor", "target_context")} | {"dpe_map": done},
+                    f"map from the default detection ({o.search_budget} evaluations at most), kept in "
+                    f"{shown}/ (pass --dpe-map {shown}/dpe_map.json to reuse it)", base)
 
 
 def plan(o, source, base, target: int) -> tuple[list[Candidate], list[str]]:

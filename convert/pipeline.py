@@ -119,11 +119,10 @@ def export(o: ConvertOptions, say: Callable[[str], None] | None = None) -> Conve
         method, got = choice.method, choice.resolved
     else:
         method = o.method
-        from ropeconvert.convert.auto_plan import method_knobs, precheck
+        from ropeconvert.convert.auto_plan import method_knobs, precheck, searched
 
         work = None
-        if (method == "longrope" and knobs.get("factors") is None) or \
-                (method == "dpe" and knobs.get("scales") is None and knobs.get("dpe_map") is None):
+        if searched(method, knobs):
             _, target = resolve_target(base, knobs.get("factor"), knobs.get("target_context"))
             future = Path(o.out) if o.out is not None else default_out(source, method, target, o.to)
             precheck(method, base, target, source, o.to)  # a rope the format refuses is refused before the search

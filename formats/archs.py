@@ -24,6 +24,8 @@ class Arch:
     keeps_original: bool = False
     # the HF rope types its transformers config class accepts (None: any); a plain rope_theta is always accepted
     hf_rope_types: tuple[str, ...] | None = None
+    # ropeconvert's DPE / Self-Extend attention (validators/dpe_attention.py) runs its q_proj/k_proj layout
+    position_map: bool = True
 
     @property
     def model_type(self) -> str:
@@ -39,7 +41,8 @@ ARCHS: dict[str, Arch] = {a.gguf: a for a in (
          honours="linear, ntk, yarn (default betas 32/1), dynamic --static"),
     Arch("phi3", ("phi3",), "Phi3ForCausalLM", permute_qk=False, per_pair="long_short",
          honours="linear, ntk, yarn, longrope, llama3, dynamic --static", keeps_original=True,
-         hf_rope_types=("longrope",)),  # Phi3Config validates rope_scaling's type (transformers 4.57 and 5.24)
+         hf_rope_types=("longrope",),  # Phi3Config validates rope_scaling's type (transformers 4.57 and 5.24)
+         position_map=False),  # a fused qkv_proj
 )}
 MODEL_TYPES: dict[str, Arch] = {mt: a for a in ARCHS.values() for mt in a.model_types}
 FAMILIES = "Llama, Mistral, Qwen2/3, Phi-3, SmolLM families"

@@ -79,12 +79,16 @@ def base_rope_from_config(config: dict[str, Any], original_context: int | None =
 def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
     """A copy of `config` whose rope is exactly `spec`, in the portable form: the method's own rope dict (its
     `HfRope`) or its kind's generic one, inside the envelope every runtime reads."""
+    arch = MODEL_TYPES[config["model_type"]] if config.get("model_type") in MODEL_TYPES else None
     if spec.kind == POSITION_MAP:  # DPE / Self-Extend: native rope kept, the map in its own block
+        if arch is not None and not arch.position_map:
+            raise UnsupportedError(f"ropeconvert's DPE attention does not run {config['model_type']} (its fused "
+                                   f"qkv projection): an HF {config['model_type']} export cannot carry {spec.method}",
+                                   "use --method longrope or ntk for this model")
         return position_map_config(spec, config)
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in _ROPE_KEYS}
     L, target = spec.original_context, spec.target_context
     out["rope_theta"] = float(spec.rope_theta)
-    arch = MODEL_TYPES[config["model_type"]] if config.get("model_type") in MODEL_TYPES else None
     if spec.kind == THETA:  # plain rope with the new base: no rope dict at all (see the module docstring)
         out["max_position_embeddings"] = int(target)
         if arch is not None and arch.keeps_original:
