@@ -95,7 +95,7 @@ publish: $(VENV)/.installed
 help:
 	@echo "make demo                 install everything into $(VENV), extend the embedded SmolLM2-135M x2 with YaRN"
 	@echo "make test                 the whole test suite (offline, CPU); make test-fast skips the slow ones"
-	@echo "make extend MODEL=M METHOD=yarn FACTOR=2|TARGET=N [TO=hf|gguf|both] [OUT=path] [ARGS=...]"
+	@echo "make extend MODEL=M METHOD=yarn|auto|... FACTOR=2|TARGET=N [TO=hf|gguf|both] [OUT=path] [ARGS=...]"
 	@echo "make validate EXPORT=path [TASKS=ppl,passkey] [ARGS='--base MODEL']"
 	@echo "make search MODEL=M METHOD=longrope|longrope2|dpe TARGET=N [OUT=path] [ARGS=...]"
 	@echo "make publish EXPORT=path REPO=org/name [DRY_RUN=1] [ARGS='--private']"

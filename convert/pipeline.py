@@ -35,6 +35,8 @@ class ConvertResult:
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"published": [r.to_dict() for r in self.published]} if self.published else {}
+        if self.leaderboard is not None:  # --method auto: every candidate's scores, the rule, the winner
+            extra["selection"] = self.leaderboard
         return {"source": self.source.origin, "spec": self.spec.to_dict(),
                 "outputs": {k: str(v) for k, v in self.outputs.items()}, "notes": self.notes, **extra}
 
