@@ -7,6 +7,7 @@ winner's export byte for byte. validate copies it into report.json as `selection
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +15,24 @@ FILE, PLOT = "selection.json", "selection.png"
 
 
 def write(board: dict[str, Any], export: Path) -> Path:
+    """selection.json and selection.png into the export's report directory, each written to a temporary name and
+    renamed (they are report files, not exports: a rerun replaces them like validate replaces report.json)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     from ropeconvert.formats.export import report_dir_for
-    from ropeconvert.formats.output import atomic_output
 
     out_dir = report_dir_for(export)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir / FILE, force=True, directory=False) as tmp:
-        Path(tmp).write_text(json.dumps(board, indent=2, allow_nan=False) + "\n")
     fig = figure(board)
-    with atomic_output(out_dir / PLOT, force=True, directory=False) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    import matplotlib.pyplot as plt
-
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
+    for name, data in ((PLOT, png.getvalue()), (FILE, (json.dumps(board, indent=2, allow_nan=False) + "\n").encode())):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, out_dir / name)
     return out_dir / FILE
 
 

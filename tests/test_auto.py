@@ -79,6 +79,10 @@ def test_gguf_auto_measures_every_exact_candidate_and_exports_the_winner_byte_fo
         knobs["factors"] = Path(str(out) + ".auto") / "longrope" / "factors.json"
     convert(options(tiny64, named, texts, method=board["winner"], to="gguf", knobs=knobs))
     assert named.read_bytes() == out.read_bytes()
+    import dataclasses  # a rerun over the export (--force --resume: nothing measured again) replaces the leaderboard
+
+    again = convert(dataclasses.replace(options(tiny64, out, texts, to="gguf"), force=True, resume=True))
+    assert again.spec.method == board["winner"] and board_of(out) == board
 
 
 def test_the_longrope_candidate_is_the_default_search_export(auto_gguf, tiny64, texts, tmp_path):
