@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ropeconvert.convert.methods import build_spec
-from ropeconvert.convert.options import ConvertOptions
-from ropeconvert.convert.spec import RopeSpec
 from ropeconvert.convert.default_search import work_dir
-from ropeconvert.convert.spec import resolve_target
+from ropeconvert.convert.options import ConvertOptions
+from ropeconvert.convert.spec import RopeSpec, resolve_target
 from ropeconvert.errors import SpecError, UnsupportedError
 from ropeconvert.formats.output import check_output, output_group
 from ropeconvert.formats.source import Source, hf_checkpoint, resolve
