@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ropeconvert.convert.auto_plan import Candidate, plan
+from ropeconvert.convert.default_search import duration
 from ropeconvert.convert.options import ConvertOptions
 from ropeconvert.errors import InputError, OutputError, RopeConvertError
 
@@ -189,7 +190,7 @@ def _estimate(seconds: float, scorer: _Scorer, candidates: list[Candidate]) -> s
     per = seconds * scorer.forwards
     searched = [c.method for c in candidates if c.searches]
     total = per * (len(candidates) + 1)
-    return (f"auto: first forward of {scorer.target} tokens took {seconds:.1f} s → about {_min(total)} for the base "
+    return (f"auto: first forward of {scorer.target} tokens took {seconds:.1f} s → about {duration(total)} for the base "
             f"and {len(candidates)} candidates" + (f", plus the default search of {', '.join(searched)} (its own "
                                                    "estimate follows)" if searched else ""))
 
@@ -246,8 +247,4 @@ def _clean(v: float) -> float | None:
 
 def _finite(v) -> bool:
     return v is not None and math.isfinite(v)
-
-
-def _min(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ropeconvert.validators.task_registry import card_pct
+
 FILE, PLOT = "selection.json", "selection.png"
 
 
@@ -50,14 +52,14 @@ def read(report_dir: Path) -> dict[str, Any] | None:
 def rows(board: dict[str, Any]) -> list[list[str]]:
     """One row per candidate (and the base first): method, ppl at target, ppl at original, passkey, guard, note."""
     out = [["base (no extension)", _f(board["base"].get("ppl_target")), _f(board["base"].get("ppl_original")),
-            _pct(board["base"].get("passkey_target")), "—", ""]]
+            card_pct(board["base"].get("passkey_target")), "—", ""]]
     for c in board["candidates"]:
         name = f"**{c['method']}** (winner)" if c["method"] == board["winner"] else c["method"]
         if "error" in c:
             out.append([name, "—", "—", "—", "—", f"not measured: {c['error']}"])
             continue
         guard = {True: "kept", False: "out", None: "—"}[c.get("short_guard")]
-        out.append([name, _f(c["ppl_target"]), _f(c["ppl_original"]), _pct(c["passkey_target"]), guard,
+        out.append([name, _f(c["ppl_target"]), _f(c["ppl_original"]), card_pct(c["passkey_target"]), guard,
                     c.get("origin", "")])
     return out
 
@@ -106,6 +108,3 @@ def figure(board: dict[str, Any]):
 def _f(v) -> str:
     return "—" if v is None else f"{v:.4g}"
 
-
-def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.0f}%"

@@ -83,7 +83,7 @@ def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lam
     planned = o.budget if o.method != "dpe" else None
 
     def estimate(seconds: float, evaluations: int) -> None:
-        say(f"{o.method} search: first evaluation took {seconds:.1f} s → about {_minutes(seconds * evaluations)} "
+        say(f"{o.method} search: first evaluation took {seconds:.1f} s → about {duration(seconds * evaluations)} "
             f"for {evaluations} evaluations")
 
     if o.method == "dpe":
@@ -99,5 +99,6 @@ def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lam
     return result.factors
 
 
-def _minutes(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """An estimate in words: seconds below a minute and a half, else minutes."""
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
