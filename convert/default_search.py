@@ -44,7 +44,7 @@ def refuse(method: str, budget: int) -> None:
 
 
 def longrope_options(model: str, target: int, budget: int, *, seed: int, text: str, out: Path, resume: bool,
-                     force: bool, progress: bool, original_context: int | None) -> SearchOptions:
+                     force: bool, progress: bool, original_context: int | None, fan=None) -> SearchOptions:
     if budget < 2:
         raise SpecError(f"--search-budget must be at least 2 evaluations, got {budget}")
     population = min(8, budget)
@@ -52,7 +52,9 @@ def longrope_options(model: str, target: int, budget: int, *, seed: int, text: s
     generations = math.ceil((budget - population) / per_generation)
     return SearchOptions(model=model, method="longrope", target_context=target, budget=budget, population=population,
                          generations=generations, documents=1, seed=seed, text=text, out=out, resume=resume,
-                         force=force, progress=progress, original_context=original_context)
+                         force=force, progress=progress, original_context=original_context,
+                         **({} if fan is None else {"workers": fan.workers, "ray": fan.ray,
+                                                    "gpus_per_worker": fan.gpus_per_worker}))
 
 
 def dpe_options(model: str, target: int, budget: int, base, *, seed: int, text: str, out: Path, resume: bool,
@@ -74,7 +76,7 @@ def dpe_options(model: str, target: int, budget: int, base, *, seed: int, text: 
                          window=window, topk=topk)
 
 
-def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lambda line: None) -> Path:
+def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lambda line: None, pool=None) -> Path:
     """Run search `o` on `source` (a loaded `runtime` of it is reused) and return the file the method reads:
     factors.json (longrope) or dpe_map.json (dpe)."""
     from ropeconvert.convert.search import dpe, run as longrope_run
@@ -93,7 +95,7 @@ def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lam
         return result.map
     say(f"longrope: no --factors and no catalog entry: searching (population {o.population}, at most {planned} "
         f"evaluations + 3 references, {o.documents} document at {o.target_context} tokens) in {o.out}")
-    result = longrope_run.search(o, source=source, runtime=runtime, estimate=estimate)
+    result = longrope_run.search(o, source=source, runtime=runtime, estimate=estimate, pool=pool)
     if not result.complete or result.factors is None:
         raise InputError(f"the longrope search in {o.out} did not finish", "run the command again with --resume")
     return result.factors

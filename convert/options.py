@@ -70,3 +70,7 @@ class ConvertOptions:
     selection_prompts: int = field(default=4, metadata=cli(
         "--method auto: passkey prompts at the target length (depths spread evenly)."))
     text: str = field(default="austen", metadata=cli(flag=False))  # --text FILE|DIR, else --corpus NAME
+    # ropeconvert/fanout.py: --method auto's candidates and the default search's evaluations on Ray workers
+    workers: int | None = field(default=None, metadata=cli())
+    ray: str | None = field(default=None, metadata=cli())
+    gpus_per_worker: float = field(default=1.0, metadata=cli())

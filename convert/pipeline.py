@@ -70,6 +70,15 @@ def convert(o: ConvertOptions, *, log: Callable[[str], None] | None = None,
         from ropeconvert.formats.hub import check_repo_id
 
         check_repo_id(o.base_model)
+    from ropeconvert.convert.auto_plan import searched
+    from ropeconvert.fanout import Workers
+
+    fan = Workers.of(o)
+    fan.check()  # --workers without Ray: one line before anything is read
+    if fan.wanted and not (o.method == "auto" or o.validate or o.push is not None
+                           or (o.method == "longrope" and searched(o.method, dict(o.knobs or {})))):
+        raise SpecError(f"--workers/--ray fan out --method auto, longrope's default search and --validate; --method "
+                        f"{o.method} here runs none of them", "drop --workers/--ray, or add --validate")
     say = say or (lambda line: None)
     result = export(o, say)
     for line in result.lines():
@@ -77,7 +86,7 @@ def convert(o: ConvertOptions, *, log: Callable[[str], None] | None = None,
     if o.validate or o.push is not None:  # --push implies --validate: only validated exports are published
         from ropeconvert.validators.command import validate_outputs
 
-        result.validation = validate_outputs(result.outputs, o.model, not o.progress)
+        result.validation = validate_outputs(result.outputs, o.model, not o.progress, Workers.of(o))
         for line in result.validation:
             say(line)
     if o.push is not None:  # publish refuses an export whose validation failed: the card shows the evidence

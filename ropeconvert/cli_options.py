@@ -38,12 +38,19 @@ BaseModel = Annotated[Optional[str], typer.Option(
 Documents = Annotated[int, typer.Option("--documents", help="Documents of the corpus to measure on.")]
 Samples = Annotated[int, typer.Option("--samples", help="Samples per measurement.")]
 Lengths = Annotated[Optional[str], typer.Option("--lengths", help="Comma-separated token lengths.")]
+Workers = Annotated[Optional[int], typer.Option(
+    "--workers", help="Fan the evaluations out to N Ray workers, each holding the model (needs the ray extra).")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="ADDRESS", help="Join a running Ray cluster (`ray start --head`) instead of a local one.")]
+GpusPerWorker = Annotated[float, typer.Option(
+    "--gpus-per-worker", help="GPUs per Ray worker, for a model that needs several (default 1).")]
 
 # field name → alias: an options dataclass field of this name takes its flag from here
 SHARED: dict[str, Any] = {
     "quiet": Quiet, "as_json": AsJson, "device": Device, "seed": Seed, "text": Text, "corpus": Corpus,
     "force": Force, "resume": Resume, "revision": Revision, "out": Out, "method": Method, "original_context": OriginalContext,
     "private": Private, "base_model": BaseModel, "documents": Documents, "samples": Samples, "lengths": Lengths,
+    "workers": Workers, "ray": RayAddress, "gpus_per_worker": GpusPerWorker,
 }
 
 

@@ -146,11 +146,11 @@ def test_interrupted_auto_resumes_without_measuring_again(tiny64, texts, tmp_pat
     calls = []
     real = auto._Scorer.__call__
 
-    def counting(self, spec, first=None):
+    def counting(self, spec):
         calls.append(None if spec is None else spec.method)
         if len(calls) == 3 and not resumed:
             raise KeyboardInterrupt
-        return real(self, spec, first)
+        return real(self, spec)
 
     monkeypatch.setattr(auto._Scorer, "__call__", counting)
     out, resumed = tmp_path / "resume.gguf", False

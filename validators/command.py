@@ -38,10 +38,12 @@ def parity_lines(result: dict[str, Any], path: Path) -> list[str]:
             f"wrote {path}"]
 
 
-def validate_outputs(outputs: dict[str, Path], base: str, quiet: bool) -> list[str]:
-    """`--validate` on the main command: each fresh export against its source, with the default tasks."""
+def validate_outputs(outputs: dict[str, Path], base: str, quiet: bool, fan=None) -> list[str]:
+    """`--validate` on the main command: each fresh export against its source, with the default tasks (fanned
+    out like the main command's --workers/--ray, `fan`)."""
     lines = []
+    fields = {} if fan is None else {"workers": fan.workers, "ray": fan.ray, "gpus_per_worker": fan.gpus_per_worker}
     for kind, path in outputs.items():
-        _, _, table_lines = run(path, base, ValidateOptions(progress=not quiet))
+        _, _, table_lines = run(path, base, ValidateOptions(progress=not quiet, **fields))
         lines += [f"validation of the {kind.upper()} export:", *table_lines]
     return lines

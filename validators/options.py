@@ -18,6 +18,8 @@ from ropeconvert.convert.options import cli
 from ropeconvert.errors import InputError
 
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+ENGINES = ("native", "vllm")
+SCORED_TASKS = ("ppl", "parity")  # measured from log-probabilities, which --engine vllm does not give
 MIN_LENGTH = 16
 
 
@@ -91,12 +93,28 @@ class ValidateOptions:
     progress: bool = field(default=True, metadata=cli(  # the command's --quiet
         type=bool, name="quiet", parse=lambda quiet: None if quiet is None else not quiet))
     notes: list[str] = field(default_factory=list, metadata=cli(flag=False))
+    engine: str = field(default="native", metadata=cli(
+        "Generation engine: native (transformers for an HF export, llama.cpp for a GGUF) or vllm (an HF export on a "
+        "CUDA GPU, through vLLM's offline LLM; the generation tasks only: ruler, passkey, niah)."))
+    # ropeconvert/fanout.py: validation cells (task × length × side) on Ray workers
+    workers: int | None = field(default=None, metadata=cli())
+    ray: str | None = field(default=None, metadata=cli())
+    gpus_per_worker: float = field(default=1.0, metadata=cli())
 
     def check(self) -> None:
         """Refuse, in one line, what no task can measure; then each chosen task checks its own options."""
         from ropeconvert.validators import task_registry
 
         task_registry.check_names(self.tasks)
+        from ropeconvert.fanout import Workers
+
+        Workers.of(self).check()  # --workers without Ray: one line before anything loads
+        if self.engine not in ENGINES:
+            raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}", "e.g. --engine vllm")
+        scored = [t.name for t, _ in self.registered().values() if t.name in SCORED_TASKS]
+        if self.engine == "vllm" and scored:
+            raise InputError(f"--engine vllm generates text; {', '.join(scored)} needs the model's log-probabilities "
+                             "(transformers or llama.cpp)", "drop them from --tasks, or drop --engine vllm")
         if self.text is not None and not Path(self.text).exists():
             raise InputError(f"--text {self.text} does not exist", "pass a .txt file or a directory of .txt files")
         for f in dataclasses.fields(self):

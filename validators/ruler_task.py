@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ropeconvert.errors import InputError
@@ -121,6 +121,14 @@ class RulerTask:
                 seconds[(name, n)] = round(time.perf_counter() - start, 3)
                 bar.update(1)
         return {"predictions": predictions, "seconds": seconds}
+
+    def cells(self, prepared: Prepared) -> list[Prepared]:
+        """One part per (task, length) cell: validation fans them out (validators/cells.py)."""
+        return [replace(prepared, samples={key: samples}) for key, samples in prepared.samples.items()]
+
+    def merge(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"predictions": {k: v for r in results for k, v in r["predictions"].items()},
+                "seconds": {k: v for r in results for k, v in r["seconds"].items()}}
 
     def blank(self, result: dict[str, Any]) -> dict[str, Any]:
         return {"predictions": {k: [None] * len(v) for k, v in result["predictions"].items()},

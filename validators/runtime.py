@@ -204,12 +204,14 @@ def load(model: str | Path, spec: RopeSpec | None = None, *, device: str | None 
             from ropeconvert.validators.dpe_register import ATTN_NAME as attn
         else:
             attn = "sdpa"
+        if dev.type == "cuda" and torch.cuda.device_count() > 1:  # a model bigger than one GPU (a Ray worker
+            kwargs["device_map"] = "balanced"  # with --gpus-per-worker > 1 sees several): accelerate spreads it
         hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
                                                         use_safetensors=True, **kwargs)
     except OSError as e:
         raise InputError(f"cannot load {path} in transformers ({' '.join(str(e).split())[:160]})",
                          "pass an HF model directory with config.json, tokenizer and safetensors weights") from None
-    hf_model.to(dev).eval()
+    (hf_model if "device_map" in kwargs else hf_model.to(dev)).eval()
     runtime = Runtime(hf_model, tokenizer, path, dev, dtype, own_spec, base, notes)
     if spec is not None:
         set_rope(hf_model, spec)

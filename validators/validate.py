@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from ropeconvert.errors import InputError
 from ropeconvert.validators import report as R
 from ropeconvert.validators import task_registry
+from ropeconvert.validators.engines import open_runtime
 from ropeconvert.validators.export_info import default_base, export_info
 from ropeconvert.validators.options import ValidateOptions
 
@@ -33,31 +35,11 @@ def _documents(opts: Options):
     return Path(source).name if Path(source).exists() else source, corpus.load(source)
 
 
-def _open(path: str | Path, kind: str, device: str | None, progress: bool):
-    if kind == "gguf":
-        from ropeconvert.formats.source import resolve
-        from ropeconvert.validators.gguf_runtime import GgufRuntime
-
-        src = resolve(str(path), progress=progress)
-        if src.kind == "gguf":
-            return GgufRuntime(src.path)
-    from ropeconvert.validators import runtime
-
-    rt = runtime.load(path, device=device, progress=progress)
-    if kind == "gguf":  # an HF base for a GGUF export: say plainly that two runtimes are compared
-        rt.notes.append("the base ran in transformers (it is not a GGUF); the extended GGUF ran in llama.cpp")
-    return rt
-
-
 def original_context(spec: dict[str, Any] | None, rt) -> int:
     """The base's trained length: from the export's spec, else what the runtime reads from the model."""
     if spec:
         return int(spec["base"]["original_context"])
     return int(rt.base.original_context if hasattr(rt, "base") else rt.n_ctx_train)
-
-
-def _measure(rt, label: str, opts: Options, prepared: dict[str, Any]) -> dict[str, Any]:
-    return {name: task.run(rt, prepared[name], label, opts.progress) for name, (task, _) in opts.registered().items()}
 
 
 def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, Any], Path]:
@@ -73,11 +55,12 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
     target = (spec or {}).get("target_context")
     if target:
         opts.check_limit(int(target), "the export's target context")
+    max_len = _engine_length(opts, kind, spec)
     out_dir = R.report_dir_for(export)
     previous = _previous(out_dir / "report.json")  # a report that cannot be read is refused now, not after measuring
     R.check_writable(out_dir)
     corpus_name, docs = _documents(opts)
-    ext = _open(export, kind, opts.device, opts.progress)
+    ext = open_runtime(export, kind, opts.device, opts.progress, opts.engine, max_len)
     try:
         original = original_context(spec, ext)
         if not target:  # an export without a spec: its own trained context bounds the default sweep (2× it)
@@ -91,21 +74,10 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
         raise
     used = next((p.documents for p in prepared.values() if getattr(p, "documents", None) is not None),
                 [d.name for d in docs[:opts.documents]])  # the documents a task read, else the first ones
-    runtime_info = {**ext.describe(), "engine": ext.kind}
+    runtime_info = {**ext.describe(), "engine": ext.kind}  # transformers, llama.cpp or vllm
     notes = list(opts.notes) + list(getattr(ext, "notes", []))
-    from ropeconvert.validators.gguf_runtime import CrashGuard
-
-    guard = CrashGuard()  # llama.cpp dying on one side: the other side still runs and is kept in the report
-    try:
-        extended = guard.run("extended", ext, lambda: _measure(ext, "extended", opts, prepared))
-    finally:
-        ext.close()
-    base_rt = _open(base, kind, opts.device, opts.progress)
-    notes += [n for n in getattr(base_rt, "notes", []) if n not in notes]
-    try:
-        based = guard.run("base", base_rt, lambda: _measure(base_rt, "base", opts, prepared))
-    finally:
-        base_rt.close()
+    measured, guard = _measure_sides(ext, export, base, kind, opts, prepared, notes, max_len)
+    based, extended = measured["base"], measured["extended"]
     based, extended, crash_notes = guard.fill(based, extended)
     notes += crash_notes
     tasks: dict[str, Any] = {}
@@ -133,6 +105,63 @@ def validate(export: Path, base: str | None, opts: Options) -> tuple[dict[str, A
     path = R.write(report, out_dir, figs)
     guard.reraise(path)  # a crash is still exit 2, now naming the report that kept the other side
     return json.loads(path.read_text()), path
+
+
+def _measure_sides(ext, export: Path, base: str, kind: str, opts: Options, prepared: dict[str, Any],
+                   notes: list[str], max_len: int | None):
+    """({side: its results, or None where llama.cpp crashed}, the CrashGuard). Serially one model is in memory at
+    a time: the extended export (already open), then the base. With --workers/--ray each worker opens the models
+    itself and the cells fan out (validators/cells.py)."""
+    from types import SimpleNamespace
+
+    from ropeconvert import fanout
+    from ropeconvert.validators import cells
+    from ropeconvert.validators.gguf_runtime import CrashGuard
+
+    tasks = {name: task for name, (task, _) in opts.registered().items()}
+    refs = {side: fanout.ModelRef(str(path), "validate", opts.device, fmt=kind, engine=opts.engine, max_len=max_len)
+            for side, path in (("extended", export), ("base", base))}
+    fan, guard, measured = fanout.Workers.of(opts), CrashGuard(), {}
+    if fan.wanted:
+        engines = {"extended": ext.kind, "base": "its runtime"}
+        ext.close()
+        pool = fanout.pool(fan, say=(lambda line: print(line, file=sys.stderr)) if opts.progress else print_nothing)
+        try:
+            for side in ("extended", "base"):
+                measured[side] = guard.run(side, SimpleNamespace(kind=engines[side]), lambda s=side: cells.measure(
+                    pool, refs[s], s, tasks, prepared, opts.progress, notes))
+        finally:
+            pool.close()
+        return measured, guard
+    for side in ("extended", "base"):
+        rt = ext if side == "extended" else open_runtime(base, kind, opts.device, opts.progress, opts.engine, max_len)
+        try:
+            measured[side] = guard.run(side, rt, lambda s=side, r=rt: cells.measure(
+                fanout.Serial({refs[s]: r}), refs[s], s, tasks, prepared, opts.progress, notes))
+        finally:
+            rt.close()
+    return measured, guard
+
+
+def _engine_length(opts: Options, kind: str, spec: dict[str, Any] | None) -> int | None:
+    """--engine vllm: refused where it cannot run; else the longest prompt it will see (the engine is sized to it)."""
+    if opts.engine != "vllm":
+        return None
+    import dataclasses
+
+    from ropeconvert.validators.vllm_runtime import check_engine
+
+    check_engine(kind, spec)
+    asked = [v for f in dataclasses.fields(opts) if f.metadata["cli"]["lengths"] for v in getattr(opts, f.name) or ()]
+    longest = max(asked) if asked else (spec or {}).get("target_context")
+    if not longest:
+        raise InputError("--engine vllm needs the longest length to size its engine, and the export records no "
+                         "target", "pass --lengths N,…")
+    return int(longest) + 256  # the answer's new tokens and the chat/BOS tokens around the prompt
+
+
+def print_nothing(line: str) -> None:
+    pass
 
 
 def _previous(path: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -113,12 +113,16 @@ def _fitness(record: dict) -> float:
 
 class Evolution:
     """Runs one phase. `evaluate(genes) -> float` is the (expensive) fitness, lower is better; `save(state)` is
-    called after every evaluation and every generation; `expand(genes)` gives the factor vector to log."""
+    called after every evaluation and every generation; `expand(genes)` gives the factor vector to log.
+    `evaluate_many(list of genes)`, when given, replaces `evaluate`: it yields (fitness, seconds) per candidate in
+    order, so a generation's children can be measured in parallel (ropeconvert/fanout.py) with the same records."""
 
     def __init__(self, space: Space, seeds: Sequence[tuple[str, Genes]], settings: Settings,
-                 evaluate: Callable[[Genes], float], expand: Callable[[Genes], list[float]],
-                 save: Callable[[dict], None], state: dict, progress: Callable[[dict], None] | None = None):
-        self.space, self.settings, self.evaluate, self.expand, self.save = space, settings, evaluate, expand, save
+                 evaluate: Callable[[Genes], float] | None, expand: Callable[[Genes], list[float]],
+                 save: Callable[[dict], None], state: dict, progress: Callable[[dict], None] | None = None,
+                 evaluate_many: Callable[[list[Genes]], Iterator[tuple[float, float]]] | None = None):
+        self.space, self.settings, self.expand, self.save = space, settings, expand, save
+        self.evaluate_many = evaluate_many or (lambda genes: _timed(evaluate, genes))
         self.seeds = [(name, g) for name, g in seeds if space.contains(g)]
         self.state, self.progress = state, progress or (lambda record: None)
 
@@ -141,20 +145,21 @@ class Evolution:
         gen = st["generation"]
         children = self._initial(rng, seen) if gen == 0 else self._children(rng, seen)
         fitness = {tuple(r["genes"]): _fitness(r) for r in prefix}
-        evaluated, out_of_budget = [], False
-        for i, (kind, genes) in enumerate(children):
-            if len(seen) + len(evaluated) >= s.budget:
-                out_of_budget = True
-                break
-            if i < len(on_disk) and tuple(on_disk[i]["genes"]) == genes:
-                record = on_disk[i]  # evaluated before an interruption: reuse, do not recompute
+        todo = children[:max(0, s.budget - len(seen))]
+        out_of_budget = len(todo) < len(children)
+        kept = 0  # evaluated before an interruption (a prefix of this generation, in order): reused, not recomputed
+        while kept < min(len(todo), len(on_disk)) and tuple(on_disk[kept]["genes"]) == todo[kept][1]:
+            kept += 1
+        del st["evaluations"][len(prefix) + kept:]  # (nothing is dropped on a faithful replay)
+        fresh = self.evaluate_many([genes for _, genes in todo[kept:]])
+        evaluated = []
+        for i, (kind, genes) in enumerate(todo):
+            if i < kept:
+                record = on_disk[i]
             else:
-                del st["evaluations"][len(prefix) + i:]  # (never taken on a faithful replay)
-                start = time.perf_counter()
-                value = float(self.evaluate(genes))
+                value, seconds = next(fresh)  # in order: a fan-out yields its results in submission order
                 record = {"generation": gen, "kind": kind, "genes": list(genes), "factors": self.expand(genes),
-                          "fitness": value if math.isfinite(value) else None,
-                          "seconds": round(time.perf_counter() - start, 3)}
+                          "fitness": value if math.isfinite(value) else None, "seconds": round(seconds, 3)}
                 st["evaluations"].append(record)
                 self.save(st)
             self.progress(record)
@@ -222,6 +227,12 @@ class Evolution:
                 out.append((kind, child))
                 taken.add(child)
         return out
+
+
+def _timed(evaluate: Callable[[Genes], float], candidates: list[Genes]) -> Iterator[tuple[float, float]]:
+    for genes in candidates:  # lazily: each is measured only when the loop asks (a checkpoint after each)
+        start = time.perf_counter()
+        yield float(evaluate(genes)), time.perf_counter() - start
 
 
 def _improved(before: float | None, now: float) -> float:

@@ -13,6 +13,7 @@ Samples of equal length run as one batch where that helps (CUDA); the LM head on
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +94,15 @@ class Fitness:
         set_rope(self.model, spec, self.base)  # None: the model's own trained rope
         self.calls += 1
         return aggregate(sample_nll(self.model, self.samples, self.batch_size))
+
+
+def fitness_job(worker, model, base: BaseRope, samples: list[Sample], spec: RopeSpec | None) -> tuple[float, float]:
+    """One candidate on a worker's model (ropeconvert/fanout.py): (fitness, seconds)."""
+    start = time.perf_counter()
+    value = Fitness(worker.runtime(model).model, base, samples)(spec)
+    return value, time.perf_counter() - start
+
+
+def describe_job(worker, model) -> dict:
+    """The runtime a worker measures on (the search log records it)."""
+    return worker.runtime(model).describe()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ropeconvert.convert.search import checkpoint, longrope, longrope2, report
 from ropeconvert.convert.search.evolution import Evolution, Settings, best_record, fresh_state
-from ropeconvert.convert.search.fitness import Fitness, text_sample
+from ropeconvert.convert.search.fitness import text_sample
 from ropeconvert.convert.search.needle import needle_samples
 from ropeconvert.convert.search.options import SearchOptions  # noqa: F401  (the options live there; re-exported)
 from ropeconvert.convert.spec import BaseRope, resolve_target
@@ -51,6 +52,9 @@ def check_options(o: SearchOptions) -> Settings:
                         "alone needs one evaluation per member", "raise --budget or lower --population")
     if o.stop_after is not None and o.stop_after < 1:
         raise SpecError(f"--stop-after must be at least 1 generation, got {o.stop_after}")
+    from ropeconvert.fanout import Workers
+
+    Workers.of(o).check()  # --workers without Ray installed: one line before anything loads
     return Settings(**{**settings.__dict__, "budget": budget})
 
 
@@ -62,10 +66,11 @@ def base_of(source, original_context: int | None) -> BaseRope:
         raise UnsupportedError(e.problem, "search from the base model (the search replaces the whole rope)") from None
 
 
-def search(o: SearchOptions, source=None, runtime=None, estimate=None) -> SearchResult:
+def search(o: SearchOptions, source=None, runtime=None, estimate=None, pool=None) -> SearchResult:
     """Run the search `o` asks for. `source` (a formats.source.Source) and `runtime` (a loaded
     validators.runtime.Runtime of it) are reused when given: the main command's default search and --method auto
-    resolve and load the model once. `estimate(seconds, evaluations)` hears the first evaluation's time."""
+    resolve and load the model once; so is a Ray `pool` (--method auto's workers). `estimate(seconds, evaluations)`
+    hears the first evaluation's time."""
     from ropeconvert.formats.source import hf_checkpoint, resolve
     from ropeconvert.formats.tensors import require_safetensors
     from ropeconvert.validators.runtime import pick_device
@@ -98,13 +103,12 @@ def search(o: SearchOptions, source=None, runtime=None, estimate=None) -> Search
             (out / stale).unlink(missing_ok=True)
         checkpoint.write_json(path, data)
     return _run(o, settings, base, target, out, data, hf_checkpoint(source, progress=o.progress), runtime,
-                estimate)
+                estimate, pool)
 
 
 def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir: Path,
-         runtime=None, estimate=None) -> SearchResult:
-    from ropeconvert.convert.methods.longrope import su_attention_factor
-    from ropeconvert.validators import corpus
+         runtime=None, estimate=None, given=None) -> SearchResult:
+    from ropeconvert import fanout
     from ropeconvert.validators.runtime import load
 
     started = time.perf_counter()
@@ -112,18 +116,38 @@ def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    runtime = runtime or load(hf_dir, device=o.device, original_context=o.original_context)
-    bos = runtime.bos_id
-    docs = pick_documents(runtime.tokenizer, corpus.load(o.text), o.documents, target, o.text)
+    ref = fanout.ModelRef(str(hf_dir), device=o.device, original_context=o.original_context)
+    fan = fanout.Workers.of(o)
+    if given is not None:  # the caller's workers (they already hold the model)
+        return _phases(o, settings, base, target, out, data, hf_dir, runtime, estimate, given, ref, started)
+    if runtime is None and not fan.wanted:  # with workers each worker loads the model; here only the tokenizer
+        runtime = load(hf_dir, device=o.device, original_context=o.original_context)
+    pool = fanout.pool(fan, {ref: runtime} if runtime is not None else None,
+                       say=(lambda line: print(line, file=sys.stderr)) if o.progress else (lambda line: None))
+    try:
+        return _phases(o, settings, base, target, out, data, hf_dir, runtime, estimate, pool, ref, started)
+    finally:
+        pool.close()
+
+
+def _phases(o, settings, base, target, out, data, hf_dir, runtime, estimate, pool, ref, started) -> SearchResult:
+    from ropeconvert.convert.methods.longrope import su_attention_factor
+    from ropeconvert.convert.search.fitness import describe_job, fitness_job
+    from ropeconvert.validators import corpus
+
+    tokenizer = runtime.tokenizer if runtime is not None else _tokenizer(hf_dir)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    docs = pick_documents(tokenizer, corpus.load(o.text), o.documents, target, o.text)
     names = [n for n, _ in docs]
     long_phase = _long_phase(o, base, target)
     if o.method == "longrope":
         samples = [text_sample(n, ids, target, bos) for n, ids in docs]
     else:
-        samples = needle_samples(runtime.tokenizer, docs, target, bos, o.seed)
+        samples = needle_samples(tokenizer, docs, target, bos, o.seed)
+    described = runtime.describe() if runtime is not None else next(pool.imap(describe_job, [(ref,)]))
     meta = {"documents": names, "attention_factor": su_attention_factor(target / base.original_context,
                                                                         base.original_context),
-            "runtime": runtime.describe(), "phases": {}}
+            "runtime": described, "phases": {}}
     save = lambda: checkpoint.write_json(out / checkpoint.NAME, data)  # noqa: E731
     generations_left = o.stop_after
     plan = [(long_phase, samples)]
@@ -137,12 +161,16 @@ def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir
         meta["phases"][phase.name] = {"fitness": phase.fitness, "length": phase.length, **phase.info}
         pdata = data["phases"].setdefault(phase.name, {"references": {},
                                                        "state": fresh_state([o.seed, index])})
-        fitness = Fitness(runtime.model, base, phase_samples)
+        shared = pool.share(phase_samples)  # sent to each worker once, not with every candidate
+
+        def many(specs, sh=shared):  # (fitness, seconds) per spec, in order, from whichever worker is free
+            return pool.imap(fitness_job, [(ref, base, sh, spec) for spec in specs])
+
         evaluations = len(phase.references) + settings.budget
-        _references(phase, pdata, fitness, save, (lambda t, n=evaluations: estimate(t, n)) if estimate else None)
+        _references(phase, pdata, many, save, (lambda t, n=evaluations: estimate(t, n)) if estimate else None)
         bar = _bar(o.progress, settings.budget, len(pdata["state"]["evaluations"]), phase.name)
-        evo = Evolution(phase.space, phase.seeds, settings, lambda g, p=phase, f=fitness: f(p.spec_for(g)),
-                        phase.expand, lambda st: save(), pdata["state"], progress=bar.step)
+        evo = Evolution(phase.space, phase.seeds, settings, None, phase.expand, lambda st: save(), pdata["state"],
+                        progress=bar.step, evaluate_many=lambda gs, p=phase, m=many: m([p.spec_for(g) for g in gs]))
         while not pdata["state"]["done"] and (generations_left is None or generations_left > 0):
             evo.run(stop_after=1)
             report.write_log(out, data, meta)
@@ -159,6 +187,12 @@ def _run(o, settings, base: BaseRope, target: int, out: Path, data: dict, hf_dir
     return SearchResult(out, complete, factors, log, png, result_phases, names, time.perf_counter() - started)
 
 
+def _tokenizer(hf_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_dir)
+
+
 def _long_phase(o: SearchOptions, base: BaseRope, target: int) -> longrope.Phase:
     if o.method == "longrope":
         if o.critical_dim is not None:
@@ -169,17 +203,14 @@ def _long_phase(o: SearchOptions, base: BaseRope, target: int) -> longrope.Phase
     return longrope2.long_phase(base, target, o.critical_dim)
 
 
-def _references(phase, pdata: dict, fitness: Fitness, save, first=None) -> None:
+def _references(phase, pdata: dict, many, save, first=None) -> None:
     """PI, NTK, YaRN (or the original rope for short factors) with their own attention factors, once each;
     `first(seconds)` hears how long the first one took."""
-    for name, spec in phase.references.items():
-        if name in pdata["references"]:
-            continue
-        start = time.perf_counter()
-        value = fitness(spec)
+    todo = [(name, spec) for name, spec in phase.references.items() if name not in pdata["references"]]
+    for (name, spec), (value, seconds) in zip(todo, many([spec for _, spec in todo])):
         pdata["references"][name] = {
             "fitness": value if math.isfinite(value) else None,
-            "seconds": round(time.perf_counter() - start, 3),
+            "seconds": round(seconds, 3),
             "factors": None if spec is None else [float(f) for f in spec.freq_factors(phase.length)],
             "attention_factor": 1.0 if spec is None else spec.attention_factor}
         save()
