@@ -103,9 +103,13 @@ BATCH_TOKENS = {"cuda": 65536, "cpu": 8192}  # prompt tokens per batch: bounds t
 def complete(runtime, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers to `prompts` (text), each cut at the end of its first line (`first_line`). transformers:
     batches of prompts of similar length with left padding (a DPE/Self-Extend export one prompt at a time: its
-    attention keeps its own positions); llama.cpp: one prompt at a time through the runtime's worker."""
+    attention keeps its own positions); llama.cpp: one prompt at a time through the runtime's worker; a runtime with
+    `complete_ids` (vLLM): every prompt in one call, its own scheduler batching them."""
     tok = runtime.tokenizer
     encoded = [list(tok(p).input_ids) for p in prompts]
+    if hasattr(runtime, "complete_ids"):
+        return [first_line(tok.decode(new, skip_special_tokens=True))
+                for new in runtime.complete_ids(encoded, max_new_tokens)]
     answers: list[str | None] = [None] * len(prompts)
     if runtime.kind != "transformers":
         for i, ids in enumerate(encoded):
