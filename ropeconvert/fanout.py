@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ropeconvert.errors import InputError, RopeConvertError
 
 RETRIES = 3  # a job whose worker died is re-queued on a fresh actor at most this many times
-KILL_HOOK = "ROPECONVERT_TEST_KILL_WORKER"  # tests: a marker path; the first job a worker runs without it exits
+KILL_HOOK = "ROPECONVERT_TEST_KILL_WORKER"  # tests: a marker path; without it, a worker's third job exits (once)
+KILL_AT = 3  # mid-run: after the model load and a job or two
 
 
 @dataclass(frozen=True)
@@ -222,10 +223,11 @@ class _RayWorker:
         import torch
 
         torch.set_num_threads(threads)
-        self.worker, self.kill_marker = Worker(), kill_marker
+        self.worker, self.kill_marker, self.jobs = Worker(), kill_marker, 0
 
     def run(self, job: Callable, *args) -> Any:
-        if self.kill_marker and not os.path.exists(self.kill_marker):  # test hook: die once, mid-run
-            open(self.kill_marker, "w").close()
+        self.jobs += 1
+        if self.kill_marker and self.jobs == KILL_AT and not os.path.exists(self.kill_marker):  # test hook: die
+            open(self.kill_marker, "w").close()  # once, mid-run (the marker tells the fresh actor not to)
             os._exit(1)
         return job(self.worker, *args)

@@ -5,6 +5,7 @@ the pool keeps submission order and re-raises a job's own error; --workers witho
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,10 +78,10 @@ def test_a_worker_killed_mid_search_is_replaced_and_the_search_ends_the_same(ser
     from ropeconvert import fanout
 
     marker = tmp_path / "killed"
-    monkeypatch.setenv(fanout.KILL_HOOK, str(marker))  # the first job a worker runs: the worker exits
+    monkeypatch.setenv(fanout.KILL_HOOK, str(marker))  # a worker's third job: the worker exits
     out = tmp_path / "killed-search"
     result = search(tiny64, out, texts, workers=2)
-    assert marker.exists() and "died; job 1 re-queued on a fresh worker" in capsys.readouterr().err
+    assert marker.exists() and re.search(r"worker \d died; job \d+ re-queued on a fresh worker", capsys.readouterr().err)
     assert result.complete and trajectory(out) == trajectory(serial_search)
     assert (out / "factors.json").read_bytes() == (serial_search / "factors.json").read_bytes()
 
