@@ -75,12 +75,12 @@ def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path
     shown = work.name if work.suffix == ".search" else f"{work.parent.name}/{work.name}"
     common = dict(seed=o.seed, text=o.text, out=work, force=force, progress=o.progress,
                   original_context=o.original_context)
+    from ropeconvert.fanout import Workers
+
+    fan = Workers.of(o)  # --workers/--ray: the search's evaluations fan out (then it loads no model here)
     if method == "longrope":
         done = work / "factors.json"
         if not (resume and done.exists()):
-            from ropeconvert.fanout import Workers
-
-            fan = Workers.of(o)  # --workers/--ray: the search's evaluations fan out (then it loads no model here)
             opts = D.longrope_options(o.model, target, o.search_budget, resume=resume and work.exists(),
                                       fan=fan, **common)
             done = D.run(opts, source, None if fan.wanted else runtime, say, pool)
@@ -92,8 +92,8 @@ def method_knobs(method: str, o, source, base, knobs: dict[str, Any], work: Path
     window, topk = knobs.pop("window", None), knobs.pop("topk", None)
     if not (resume and done.exists()):
         opts = D.dpe_options(o.model, target, o.search_budget, base, resume=resume and work.exists(),
-                             window=window, topk=topk, **common)
-        done = D.run(opts, source, runtime, say)
+                             window=window, topk=topk, fan=fan, **common)
+        done = D.run(opts, source, None if fan.wanted else runtime, say, pool)
     return Resolved({k: v for k, v in knobs.items() if k not in ("factor", "target_context")} | {"dpe_map": done},
                     f"map from the default detection ({o.search_budget} evaluations at most), kept in "
                     f"{shown}/ (pass --dpe-map {shown}/dpe_map.json to reuse it)", base)

@@ -52,14 +52,17 @@ def longrope_options(model: str, target: int, budget: int, *, seed: int, text: s
     generations = math.ceil((budget - population) / per_generation)
     return SearchOptions(model=model, method="longrope", target_context=target, budget=budget, population=population,
                          generations=generations, documents=1, seed=seed, text=text, out=out, resume=resume,
-                         force=force, progress=progress, original_context=original_context,
-                         **({} if fan is None else {"workers": fan.workers, "ray": fan.ray,
-                                                    "gpus_per_worker": fan.gpus_per_worker}))
+                         force=force, progress=progress, original_context=original_context, **_fan_fields(fan))
+
+
+def _fan_fields(fan) -> dict:
+    """--workers/--ray/--gpus-per-worker of the main command, for the search it runs (ropeconvert/fanout.py)."""
+    return {} if fan is None else {"workers": fan.workers, "ray": fan.ray, "gpus_per_worker": fan.gpus_per_worker}
 
 
 def dpe_options(model: str, target: int, budget: int, base, *, seed: int, text: str, out: Path, resume: bool,
                 force: bool, progress: bool, original_context: int | None, window: int | None = None,
-                topk: int | None = None) -> SearchOptions:
+                topk: int | None = None, fan=None) -> SearchOptions:
     from ropeconvert.convert.search import dpe
 
     probe = SearchOptions(model=model, method="dpe", target_context=target, original_context=original_context,
@@ -73,7 +76,7 @@ def dpe_options(model: str, target: int, budget: int, base, *, seed: int, text: 
                         f"least {need} evaluations: one per candidate scale)", f"pass --search-budget {need} or more")
     return SearchOptions(model=model, method="dpe", target_context=target, groups=groups, seed=seed, text=text,
                          out=out, resume=resume, force=force, progress=progress, original_context=original_context,
-                         window=window, topk=topk)
+                         window=window, topk=topk, **_fan_fields(fan))
 
 
 def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lambda line: None, pool=None) -> Path:
@@ -91,7 +94,7 @@ def run(o: SearchOptions, source, runtime=None, say: Callable[[str], None] = lam
     if o.method == "dpe":
         say(f"dpe: no --scales or --dpe-map: running DPE's detection ({o.groups} groups, 4-needle retrieval at "
             f"{o.target_context} tokens) in {o.out}")
-        result = dpe.search(o, source=source, runtime=runtime, estimate=estimate)
+        result = dpe.search(o, source=source, runtime=runtime, estimate=estimate, pool=pool)
         return result.map
     say(f"longrope: no --factors and no catalog entry: searching (population {o.population}, at most {planned} "
         f"evaluations + 3 references, {o.documents} document at {o.target_context} tokens) in {o.out}")

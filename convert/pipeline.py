@@ -76,8 +76,8 @@ def convert(o: ConvertOptions, *, log: Callable[[str], None] | None = None,
     fan = Workers.of(o)
     fan.check()  # --workers without Ray: one line before anything is read
     if fan.wanted and not (o.method == "auto" or o.validate or o.push is not None
-                           or (o.method == "longrope" and searched(o.method, dict(o.knobs or {})))):
-        raise SpecError(f"--workers/--ray fan out --method auto, longrope's default search and --validate; --method "
+                           or searched(o.method, dict(o.knobs or {}))):
+        raise SpecError(f"--workers/--ray fan out --method auto, a default search and --validate; --method "
                         f"{o.method} here runs none of them", "drop --workers/--ray, or add --validate")
     say = say or (lambda line: None)
     result = export(o, say)

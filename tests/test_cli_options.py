@@ -120,7 +120,7 @@ def test_search_flags_and_readers():
     assert names - fields == {"corpus", "quiet", "as_json"}  # --text/--corpus fill `text`, --quiet `progress`
     assert fields - names == {"progress"}
     assert foreign("dpe") == ["population", "generations", "patience", "documents", "short", "short_max",
-                              "max_factor", "critical_dim", "stop_after", "workers", "ray", "gpus_per_worker"]
+                              "max_factor", "critical_dim", "stop_after"]
     assert foreign("longrope") == foreign("longrope2") == ["window", "groups", "topk", "lengths", "fixed_scale",
                                                            "samples"]
 

@@ -1,5 +1,5 @@
 """Fan-out on Ray (ropeconvert/fanout.py): a local cluster (`ray.init(num_cpus=2)`, two actors, each holding a tiny
-model) runs a LongRoPE search, a --method auto run and a RULER validation, and each result equals the serial run's
+model) runs a LongRoPE search, DPE's detection, a --method auto run and a RULER validation, and each result equals the serial run's
 with the same seed; an actor killed mid-search (the test hook) has its job re-queued and the search ends the same;
 the pool keeps submission order and re-raises a job's own error; --workers without Ray is one line and exit 2."""
 from __future__ import annotations
@@ -106,6 +106,21 @@ def test_auto_on_two_workers_equals_the_serial_run(tiny64, texts, tmp_path):
     assert any("on 2 workers" in line for line in lines)  # the estimate divides by the workers
 
 
+def test_dpe_detection_on_two_workers_equals_the_serial_one(tiny_llama_49k, tmp_path):
+    from ropeconvert.convert.search.dpe import search as detect
+    from ropeconvert.convert.search.run import SearchOptions
+
+    runs = {}
+    for workers in (None, 2):
+        result = detect(SearchOptions(str(tiny_llama_49k), method="dpe", target_context=512, window=32, groups=2,
+                                      topk=6, lengths=(512, 256, 128), samples=1, out=tmp_path / f"dpe-{workers}",
+                                      progress=False, workers=workers))
+        log = json.loads(result.log.read_text())
+        runs[workers] = ([(e["scales"], e["retrieved"], e["nll"]) for e in log["evaluations"]], log["selected"],
+                         json.loads(result.map.read_text()))
+    assert runs[2] == runs[None]  # the same selection, sweep order, scores and map
+
+
 def _without_seconds(x):
     if isinstance(x, dict):
         return {k: _without_seconds(v) for k, v in x.items() if k != "seconds"}
@@ -177,9 +192,8 @@ def test_workers_without_ray_installed_is_one_line(argv, tiny64, tmp_path, monke
 
 @pytest.mark.parametrize("argv,needle", [
     (["MODEL", "--method", "yarn", "--factor", "2", "--workers", "2"], "--method yarn here runs none of them"),
-    (["search", "MODEL", "--method", "dpe", "--target-context", "128", "--workers", "2"], "--workers"),
     (["search", "MODEL", "--target-context", "128", "--workers", "0"], "--workers must be at least 1"),
-], ids=["nothing-to-fan-out", "dpe-search", "zero"])
+], ids=["nothing-to-fan-out", "zero"])
 def test_workers_where_they_do_nothing_is_one_line(argv, needle, tiny64, tmp_path, monkeypatch):
     from test_ruler_validate import cli, one_line_error
 

@@ -21,6 +21,7 @@ reload. The log is written after every evaluation and is the cache: --resume con
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +96,10 @@ def evaluations_needed(candidates: list[float], groups: int, fixed: float | None
     return 1 + groups * (len(candidates) - (fixed in candidates))
 
 
-def search(o: SearchOptions, source=None, runtime=None, estimate=None) -> DpeResult:
-    """Run the detection; `source`, a loaded `runtime` of it and `estimate` as in run.search."""
+def search(o: SearchOptions, source=None, runtime=None, estimate=None, pool=None) -> DpeResult:
+    """Run the detection; `source`, a loaded `runtime` of it and `estimate` as in run.search. With --workers the
+    maps of each sweep (the uniform starts, then each group's candidates) are scored in parallel on Ray workers
+    (ropeconvert/fanout.py); the pass, and so the result, is the serial one."""
     from ropeconvert.convert.search.run import base_of
     from ropeconvert.formats.source import hf_checkpoint, resolve
     from ropeconvert.formats.tensors import require_safetensors
@@ -111,7 +114,7 @@ def search(o: SearchOptions, source=None, runtime=None, estimate=None) -> DpeRes
                 "topk": topk, "samples": o.samples, "seed": o.seed, "text": o.text,
                 "strategy": "start, then one coordinate pass"}
     log = _start_log(out / LOG, settings, o.resume, o.force)
-    return _run(o, base, settings, log, out, hf_checkpoint(source, progress=o.progress), runtime, estimate)
+    return _run(o, base, settings, log, out, hf_checkpoint(source, progress=o.progress), runtime, estimate, pool)
 
 
 def _start_log(path: Path, settings: dict, resume: bool, force: bool) -> dict:
@@ -140,13 +143,8 @@ def _start_log(path: Path, settings: dict, resume: bool, force: bool) -> dict:
 
 
 def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: Path, runtime=None,
-         estimate=None) -> DpeResult:
-    from tqdm.auto import tqdm
-
-    from ropeconvert.convert.search import dpe_score
-    from ropeconvert.convert.search.dpe_select import select
-    from ropeconvert.validators import corpus
-    from ropeconvert.validators.dpe_attention import attach
+         estimate=None, given=None) -> DpeResult:
+    from ropeconvert import fanout
     from ropeconvert.validators.runtime import load
 
     started = time.perf_counter()
@@ -154,50 +152,72 @@ def _run(o: SearchOptions, base, settings: dict, log: dict, out: Path, hf_dir: P
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    rt = runtime or load(hf_dir, device=o.device, original_context=base.original_context)
+    fan = fanout.Workers.of(o)
+    ref = fanout.ModelRef(str(hf_dir), device=o.device, original_context=o.original_context)  # = auto's replica
+    rt = runtime or (None if fan.wanted else load(hf_dir, device=o.device, original_context=base.original_context))
+    pool = given or fanout.pool(fan, {ref: rt} if rt is not None else None,
+                                say=(lambda line: print(line, file=sys.stderr)) if o.progress else (lambda line: None))
+    try:
+        return _detect(o, base, settings, log, out, rt, estimate, pool, ref, started, hf_dir)
+    finally:
+        if given is None:  # the caller's workers (--method auto's) stay theirs
+            pool.close()
+        if runtime is None and rt is not None:
+            rt.close()
+        elif runtime is not None:  # the caller's model goes back to its own attention
+            from ropeconvert.validators.dpe_attention import detach
+
+            detach(runtime.model)
+
+
+def _detect(o, base, settings, log, out, rt, estimate, pool, ref, started, hf_dir) -> DpeResult:
+    from tqdm.auto import tqdm
+
+    from ropeconvert.convert.search import dpe_score, dpe_select
+    from ropeconvert.validators import corpus
+
     target, window, fixed = settings["target_context"], settings["window"], settings["fixed_scale"]
     groups = len(settings["boundaries"]) - 1
+    tokenizer = rt.tokenizer if rt is not None else _tokenizer(hf_dir)
     if "selected" not in log:  # the selection is part of the log: a resumed sweep uses the same pairs
-        mask, scores = select(rt.model, rt.tokenizer, settings["topk"], text=o.text,
-                              length=min(2048, base.original_context), progress=o.progress)
+        mask, scores = next(pool.imap(dpe_select.select_job, [(ref, settings["topk"], o.text,
+                                                    min(2048, base.original_context), o.progress)]))
         log["selected"] = PositionMap.build(window=window, boundaries=(0, base.n_pairs), scales=(1.0,),
                                             original_context=base.original_context, selected=mask).to_dict()
         log["pair_scores_mean"] = [float(v) for v in scores.mean(axis=(0, 1))]
     selected = PositionMap.from_dict(log["selected"]).selected
     haystack = "\n\n".join(d.text for d in corpus.load(o.text))
-    prompts = [dpe_score.build(rt.tokenizer, haystack, target, o.seed, i) for i in range(o.samples)]
+    prompts = pool.share([dpe_score.build(tokenizer, haystack, target, o.seed, i) for i in range(o.samples)])
     done = {tuple(e["scales"]): e for e in log["evaluations"]}
     candidates, bounds = settings["candidates"], settings["boundaries"]
     needed = evaluations_needed(candidates, groups, fixed)
     counter, seen = {"new": 0}, set()
     with tqdm(total=needed, desc="dpe detection", unit="eval", disable=not o.progress, leave=False) as bar:
 
-        def evaluate(scales: list[float]) -> dict:
-            key = tuple(scales)
-            if key not in done:
-                t0 = time.perf_counter()
-                attach(rt.model, PositionMap.build(window=window, boundaries=bounds, scales=scales,
-                                                   original_context=base.original_context, selected=selected))
-                retrieved, nll = dpe_score.score(rt.model, prompts)
-                done[key] = {"scales": list(scales), "retrieved": retrieved,
-                             "nll": nll if math.isfinite(nll) else None, "seconds": round(time.perf_counter() - t0, 3)}
+        def prefetch(maps: list[list[float]]) -> None:
+            """Score the maps not yet in the log, in parallel where there are workers, logged in order."""
+            todo = list(dict.fromkeys(tuple(m) for m in maps if tuple(m) not in done))
+            jobs = [(ref, PositionMap.build(window=window, boundaries=bounds, scales=list(m),
+                                            original_context=base.original_context, selected=selected), prompts)
+                    for m in todo]
+            for key, (retrieved, nll, seconds) in zip(todo, pool.imap(dpe_score.map_job, jobs)):
+                done[key] = {"scales": list(key), "retrieved": retrieved,
+                             "nll": nll if math.isfinite(nll) else None, "seconds": round(seconds, 3)}
                 log["evaluations"].append(done[key])
                 counter["new"] += 1
                 write_json(out / LOG, log)
                 if estimate is not None and counter["new"] == 1:
                     estimate(done[key]["seconds"], needed - len(seen))
+
+        def evaluate(scales: list[float]) -> dict:
+            key = tuple(scales)
+            prefetch([list(key)])
             if key not in seen:  # the pass asks again for maps it already has (the current map, the start)
                 seen.add(key)
                 bar.update(1)
             return done[key]
 
-        best, uniform, rows = _coordinate_search(evaluate, candidates, groups, fixed, bounds)
-    if runtime is None:
-        rt.close()
-    else:  # the caller's model goes back to its own attention
-        from ropeconvert.validators.dpe_attention import detach
-
-        detach(rt.model)
+        best, uniform, rows = _coordinate_search(evaluate, candidates, groups, fixed, bounds, prefetch)
     final = done[tuple(best)]
     pm = PositionMap.build(window=window, boundaries=bounds, scales=best,
                            original_context=base.original_context, selected=selected)
@@ -217,14 +237,17 @@ def _key(record: dict) -> tuple[float, float]:
 
 
 def _coordinate_search(evaluate, candidates: list[float], groups: int, fixed: float | None,
-                       bounds: list[int]) -> tuple[list[float], list[dict], list[dict]]:
+                       bounds: list[int], prefetch=lambda maps: None) -> tuple[list[float], list[dict], list[dict]]:
     """The start map, then each group swept with the others at the current map; a group moves only to a candidate
-    that beats the current map (retrieval, then needle NLL). Returns (map, uniform rows, per-group rows)."""
+    that beats the current map (retrieval, then needle NLL). Returns (map, uniform rows, per-group rows).
+    `prefetch(maps)` hears each sweep's maps before they are asked for one by one (to score them in parallel)."""
     starts = candidates if fixed is None else [fixed]
+    prefetch([[g] * groups for g in starts])
     uniform = [{"scale": g, **_row(evaluate([g] * groups))} for g in starts]
     current = [min(starts, key=lambda g: (_key(evaluate([g] * groups)), g))] * groups
     rows = []
     for k in range(groups):
+        prefetch([current] + [current[:k] + [g] + current[k + 1:] for g in candidates])
         here = evaluate(current)
         tried = {current[k]: here}
         for g in candidates:
@@ -266,3 +289,10 @@ def _plot(path: Path, settings: dict, uniform: list[dict], rows: list[dict]) -> 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _tokenizer(hf_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_dir)
+

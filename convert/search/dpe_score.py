@@ -12,6 +12,7 @@ would tie.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,3 +66,17 @@ def score(model, prompts: list[Prompt]) -> tuple[float, float]:
             found.append(bool((top1[a - first:b - first] == target[a - first:b - first]).all()))
             nlls.extend(nll[a - first:b - first])
     return float(np.mean(found)), float(np.mean(nlls))
+
+
+def map_job(worker, model, position_map, prompts) -> tuple[float, float, float]:
+    """One map's 4-needle score on a worker's model: (retrieved, needle NLL, seconds)."""
+    from ropeconvert.validators.dpe_attention import attach, detach
+
+    rt = worker.runtime(model)
+    t0 = time.perf_counter()  # the map's time, not the worker's first model load
+    attach(rt.model, position_map)
+    try:
+        retrieved, nll = score(rt.model, prompts)
+    finally:  # the worker's next job (another candidate, auto's scoring) starts from the model's own attention
+        detach(rt.model)
+    return retrieved, nll, time.perf_counter() - t0

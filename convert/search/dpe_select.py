@@ -115,3 +115,10 @@ def selection_for(source, base, knobs: dict, progress: bool = True, device: str 
     finally:
         runtime.close()
     return mask
+
+
+def select_job(worker, model, topk: int, text: str, length: int, progress: bool):
+    """Key-dimension selection on a worker's model: (mask, scores)."""
+    rt = worker.runtime(model)
+    return select(rt.model, rt.tokenizer, topk, text=text, length=length, progress=progress)
+

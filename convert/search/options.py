@@ -69,10 +69,11 @@ class SearchOptions:
     stop_after: int | None = field(default=None, metadata=cli(  # generations in this session, then the checkpoint
         "Run at most N generations now, then leave the checkpoint for --resume.", methods=LONGROPE))
     progress: bool = field(default=True, metadata=cli(flag=False))  # --quiet
-    # ropeconvert/fanout.py: each generation's candidates on Ray workers (the driver keeps the order and the RNG)
-    workers: int | None = field(default=None, metadata=cli(methods=LONGROPE))
-    ray: str | None = field(default=None, metadata=cli(methods=LONGROPE))
-    gpus_per_worker: float = field(default=1.0, metadata=cli(methods=LONGROPE))
+    # ropeconvert/fanout.py: a generation's candidates (longrope) or a sweep's maps (dpe) on Ray workers; the driver
+    # keeps the order and the RNG
+    workers: int | None = field(default=None, metadata=cli())
+    ray: str | None = field(default=None, metadata=cli())
+    gpus_per_worker: float = field(default=1.0, metadata=cli())
 
 
 def readers(name: str) -> tuple[str, ...]:
