@@ -98,12 +98,12 @@ def make_tiny_model(out: Path, tokenizer_dir: Path, *, model_type: str = "llama"
 
     torch.manual_seed(seed)
     heads, kv = 4, 2
-    config = AutoConfig.for_model(
-        model_type, hidden_size=heads * head_dim, intermediate_size=intermediate, num_hidden_layers=layers,
+    settings = dict(  # config_extra may override any of these (hidden_size ≠ heads × head_dim, untied embeddings)
+        hidden_size=heads * head_dim, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, vocab_size=vocab_size_of(tokenizer_dir),
         max_position_embeddings=original_context, rope_theta=rope_theta, tie_word_embeddings=True,
-        bos_token_id=1, eos_token_id=2, **config_extra,
-    )
+        bos_token_id=1, eos_token_id=2)
+    config = AutoConfig.for_model(model_type, **{**settings, **config_extra})
     model = AutoModelForCausalLM.from_config(config)
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(out, **kwargs)
