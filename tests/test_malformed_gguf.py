@@ -389,7 +389,7 @@ def test_validate_refuses_an_unreadable_previous_report_before_measuring(content
     (export / "report.json").write_text(content)
     import ropeconvert.validators.validate as V
 
-    monkeypatch.setattr(V, "_open", lambda *a, **k: pytest.fail("measured before refusing the report"))
+    monkeypatch.setattr(V, "open_runtime", lambda *a, **k: pytest.fail("measured before refusing the report"))
     _validate_refused(export, ["--tasks", "ppl"], capsys, monkeypatch, "previous validation report", needle,
                       "validate writes a new one")
 
