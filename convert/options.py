@@ -37,6 +37,8 @@ class ConvertOptions:
     force: bool = False
     link: bool = field(default=False, metadata=cli("Hard-link weights instead of copying (same filesystem)."))
     replace_scaling: bool = field(default=False, metadata=cli("Replace rope scaling the source already has."))
+    stack: bool = field(default=False, metadata=cli(
+        "Compose the method on top of the rope scaling the source already has (its target is the new original)."))
     revision: str | None = field(default=None, metadata=cli("Hub revision of the source."))
     progress: bool = field(default=True, metadata=cli(flag=False))  # --quiet
     outtype: str | None = field(default=None, metadata=cli(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ropeconvert.convert import stack
 from ropeconvert.convert.default_search import work_dir
 from ropeconvert.convert.options import ConvertOptions
 from ropeconvert.convert.spec import RopeSpec, resolve_target
@@ -105,8 +106,11 @@ def export(o: ConvertOptions, say: Callable[[str], None] | None = None) -> Conve
     """The conversion itself: every export is checked (GGUF: rope, shapes, output path) before any is written.
     `say` hears the long steps' lines (auto's plan and candidates, a default search's estimate)."""
     say = say or (lambda line: None)
+    if o.stack:  # the new method composed on top of the source's existing scaling (convert/stack.py)
+        stack.check_options(o)
     source = resolve(o.model, revision=o.revision, progress=o.progress)
-    base = source.base_rope(o.original_context, o.replace_scaling)
+    existing, base = stack.prepare(source, o) if o.stack else (None, source.base_rope(o.original_context,
+                                                                                      o.replace_scaling))
     knobs = dict(o.knobs or {})
     if o.method != "auto" and o.candidates is not None:
         raise SpecError("--candidates applies to --method auto", "drop it, or pass --method auto")
@@ -138,7 +142,7 @@ def export(o: ConvertOptions, say: Callable[[str], None] | None = None) -> Conve
             check_output(future, o.force, directory=o.to != "gguf", sources=(source.path,))
             work = work_dir(future)
         got = method_knobs(method, o, source, base, knobs, work, say, None, resume=o.resume, force=o.force)
-    spec = got.spec(method)
+    spec = got.spec(method) if existing is None else stack.compose(existing, got.spec(method))
     out = Path(o.out) if o.out is not None else default_out(source, spec.method, spec.target_context, o.to)
     gguf_out = None if o.to == "hf" else (out if o.to == "gguf" else Path(str(out) + ".gguf"))
     if o.to != "gguf":  # fail before any slow work; the writers check again (and the source's cached copy)
@@ -149,6 +153,8 @@ def export(o: ConvertOptions, say: Callable[[str], None] | None = None) -> Conve
 
         job = check_gguf(source, spec, gguf_out, outtype=o.outtype, static=o.static, force=o.force)
     result = ConvertResult(spec, source, notes=[] if got.origin == "the method's defaults" else [got.origin])
+    if existing is not None:
+        result.notes.insert(0, stack.describe(spec))
     if choice is not None:
         result.notes = choice.notes + [f"--method auto chose {method}: {choice.leaderboard['reason']}"] + result.notes
         result.leaderboard = choice.leaderboard
