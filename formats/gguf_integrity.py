@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ropeconvert.errors import InputError, RopeConvertError
 from ropeconvert.formats.export import BadSpec, Export
 from ropeconvert.formats.gguf_keys import PROVENANCE, Keys, RopeTensors
 from ropeconvert.formats.gguf_read import field, gguf_arch, open_gguf
+from ropeconvert.formats.gguf_split import file_of, files_of, sha256_files, shard_paths
 from ropeconvert.formats.safe_io import open_regular
 
 PLACEHOLDER = "0" * 64
@@ -166,7 +168,7 @@ def verify_gguf(path: Path | Export, source: Path | None = None) -> tuple[list[s
         problems, done = _check_rope(export, spec, arch, problems, done)
     if source is not None:  # `verify --source FILE`: the GGUF it was re-extended from (the export records no path)
         recorded = field(reader, Keys.Source.SHA256)
-        if recorded and _hash_after(Path(source), 0).hexdigest() != recorded:
+        if recorded and sha256_files(files_of(Path(source), lambda: open_gguf(source))) != recorded:  # a split: all shards
             problems.append(f"{Path(source).name} is not the file this export was made from (sha256 differs)")
         else:
             found = _compare_with_source(reader, path, Path(source))
@@ -199,9 +201,11 @@ def _check_rope(export: Export, spec, arch: str, problems: list[str], done: list
 
 
 def _compare_with_source(reader, path: Path, source: Path) -> list[str]:
-    src = {t.name: t for t in open_gguf(source).tensors if t.name not in RopeTensors.ALL}
+    source_reader = open_gguf(source)  # a split source: each tensor is read from its own shard (file_of)
+    src = {t.name: t for t in source_reader.tensors if t.name not in RopeTensors.ALL}
     out = []
-    with open_regular(path, "GGUF file") as a, open_regular(source, "GGUF source") as b:
+    with open_regular(path, "GGUF file") as a, ExitStack() as files:
+        b = {p: files.enter_context(open_regular(p, "GGUF source")) for p in shard_paths(source_reader, source)}
         for t in reader.tensors:
             if t.name in RopeTensors.ALL:
                 continue
@@ -210,8 +214,9 @@ def _compare_with_source(reader, path: Path, source: Path) -> list[str]:
                 out.append(f"tensor {t.name}: not in the source, or a different size")
                 continue
             a.seek(t.data_offset)
-            b.seek(s.data_offset)
-            if a.read(t.n_bytes) != b.read(s.n_bytes):
+            fb = b[file_of(source_reader, s, source)]
+            fb.seek(s.data_offset)
+            if a.read(t.n_bytes) != fb.read(s.n_bytes):
                 out.append(f"tensor {t.name}: bytes differ from the source")
     return out
 

@@ -21,6 +21,7 @@ from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.archs import ARCHS
 from ropeconvert.formats.gguf_header import check_header, printable_name as _label
 from ropeconvert.formats.gguf_keys import RopeTensors
+from ropeconvert.formats.gguf_split import file_identity, merge_split, still_current
 from ropeconvert.formats.gguf_stream import unpermute
 from ropeconvert.formats.safe_io import open_regular
 
@@ -51,26 +52,31 @@ def is_gguf(path: Path) -> bool:
 
 def open_gguf(path: Path):
     """A GGUFReader, with a truncated or corrupt file reported as one InputError. The header is walked first
-    (check_header), so the reader never sees a count or a shape that does not fit the file."""
-    from gguf import GGUFReader
-
+    (check_header), so the reader never sees a count or a shape that does not fit the file. Any shard of a split
+    GGUF (llama-gguf-split) opens as one reader over all its shards (formats/gguf_split.py)."""
     if not Path(path).exists():
         raise InputError(f"{path} not found", "check the path")
     if not is_gguf(path):
         raise InputError(f"{path} is not a GGUF file (no GGUF magic)", "pass a .gguf file, an HF directory or a Hub id")
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key in _READERS:
+    key = file_identity(path)
+    if key in _READERS and still_current(_READERS[key]):
         return _READERS[key]
+    reader = merge_split(Path(path), _read_one(path), _read_one)
+    _READERS.clear()  # only the last one: a reader of a 49k-token vocabulary holds ~150 MB of numpy views
+    for k in getattr(reader, "identities", (key,)):  # a split: found again by any of its shards
+        _READERS[k] = reader
+    return reader
+
+
+def _read_one(path: Path):
+    from gguf import GGUFReader
+
     check_header(path)
     try:
-        reader = GGUFReader(str(path), "r")
+        return GGUFReader(str(path), "r")
     except Exception as e:  # what the walk cannot foresee; the reader's own message may quote names from the file
         raise InputError(f"{path}: corrupt or truncated GGUF (gguf's reader refused it: {type(e).__name__})",
                          "re-download or re-export the file") from None
-    _READERS.clear()  # only the last one: a reader of a 49k-token vocabulary holds ~150 MB of numpy views
-    _READERS[key] = reader
-    return reader
 
 
 # gguf's reader takes seconds per 49k-token vocabulary. A conversion keeps its source's reader (Source.reader); the
@@ -139,6 +145,11 @@ def hf_config_from_gguf(reader) -> dict[str, Any]:
         config["partial_rotary_factor"] = n_rot / head_dim
     if arch == "llama":  # the keys transformers' Llama config has and the others lack
         config.update(attention_bias="blk.0.attn_q.bias" in names, mlp_bias=False)
+    if ARCHS[arch].local_rope:  # Gemma 3: sliding layers, their own rope base, gelu, the query scale
+        from ropeconvert.formats.gemma3 import config_from_gguf
+
+        del config["hidden_act"]
+        config.update(config_from_gguf(reader, field, arch, config["num_hidden_layers"], head_dim))
     for key, hf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("padding_token_id", "pad_token_id")):
         if field(reader, f"tokenizer.ggml.{key}") is not None:
             config[hf_key] = _gguf_int(reader, f"tokenizer.ggml.{key}", None, vocab - 1, 0)
@@ -186,27 +197,29 @@ def existing_scaling(reader) -> str | None:
     return None
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
     """HF tensor name for a GGUF one; None for tensors that are rope metadata rather than weights."""
     if gguf_name in RopeTensors.ALL:
         return None
     stem, _, kind = gguf_name.rpartition(".")
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
-    if m and m.group(2) in _LAYER:
-        return f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}.{kind}"
+    layer = {**_LAYER, **dict(ARCHS[arch].layer_names)} if arch in ARCHS else _LAYER
+    if m and m.group(2) in layer:
+        return f"model.layers.{m.group(1)}.{layer[m.group(2)]}.{kind}"
     if stem in _GLOBAL:
         return f"{_GLOBAL[stem]}.{kind}"
     raise UnsupportedError(f"GGUF tensor {_label(gguf_name, 'of the file')} has no HF equivalent here",
-                           "only llama/qwen2/qwen3/phi3 layouts are supported")
+                           f"only the {', '.join(ARCHS)} layouts are supported")
 
 
 def dequantized_tensors(reader, config: dict[str, Any]):
     """(hf_name, float32 array) for every weight, one at a time."""
     from gguf import quants
 
-    permute = ARCHS[gguf_arch(reader)].permute_qk
+    arch = ARCHS[gguf_arch(reader)]
+    permute = arch.permute_qk
     for t in reader.tensors:
-        name = hf_name(t.name)
+        name = hf_name(t.name, arch.gguf)
         if name is None:
             continue
         try:
@@ -224,6 +237,8 @@ def dequantized_tensors(reader, config: dict[str, Any]):
                 raise InputError(f"GGUF tensor {_label(t.name, 'of the file')} has {arr.shape[0] if arr.ndim else 0} rows, which do not "
                                  f"split into {heads} heads of an even size", "the file is damaged; re-export it")
             arr = unpermute(arr, heads)
+        if arch.norm_shift and name.endswith("norm.weight"):
+            arr = arr - np.float32(arch.norm_shift)  # GGUF keeps Gemma's 1 + w
         yield name, arr
 
 

@@ -6,12 +6,14 @@ registered, then the GGUF writer (formats/gguf_writer.py) writes the tensors in 
 offset in reads of COPY_BYTES rather than through the reader's memory map, so memory stays a few reads whatever the
 model size. The reader is the Source's own (opened once per conversion). The source must carry no rope scaling
 unless the caller decided to replace it (Source.base_rope checks this). A source that is itself a ropeconvert export
-must still match its seal: a changed file is refused, naming it, before anything is written.
+must still match its seal: a changed file is refused, naming it, before anything is written. A split source
+(formats/gguf_split.py) is written as one merged file, each tensor read by offset from its own shard.
 """
 from __future__ import annotations
 
 import errno
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 from gguf import GGUFValueType, Keys
@@ -22,6 +24,7 @@ from ropeconvert.formats.gguf_integrity import check_seal
 from ropeconvert.formats.gguf_keys import PREFIX, RopeTensors
 from ropeconvert.formats.gguf_read import field
 from ropeconvert.formats.gguf_rope import GgufRope, gguf_rope, rope_key_names
+from ropeconvert.formats.gguf_split import file_of
 from ropeconvert.formats.gguf_writer import GgufExport
 from ropeconvert.formats.safe_io import open_regular
 from ropeconvert.formats.source import Source, resolve
@@ -39,15 +42,30 @@ def reextend_gguf(src: Path | Source, spec: RopeSpec, out: Path, *, static: bool
     if rope is None:
         rope = gguf_rope(spec, arch, static)
         check_source(source)
-    dropped = rope_key_names(arch)
     tensors = [t for t in reader.tensors if t.name not in RopeTensors.ALL]
-    size = source.path.stat().st_size
+    # a split source: each tensor's bytes are at its offset in its own shard (formats/gguf_split.py); one file else
+    files = source.files
+    size = {p: p.stat().st_size for p in files}
     for t in tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise InputError(f"{source.path}: tensor {t.name!r} runs past the end of the file",
+        if t.data_offset + t.n_bytes > size[file_of(reader, t, source.path)]:
+            raise InputError(f"{file_of(reader, t, source.path)}: tensor {t.name!r} runs past the end of the file",
                              "the file is truncated; re-download it")
-    fin = open_regular(source.path, "GGUF source")  # opened before the output: a read failure is not "cannot write"
-    with fin, GgufExport(out, arch, provenance, force=force, sources=(source.path,), endianess=reader.endianess) as gx:
+    with ExitStack() as inputs:  # opened before the output: a read failure is not "cannot write"
+        fin = {p: inputs.enter_context(open_regular(p, "GGUF source")) for p in files}
+        path = _copy(source, spec, rope, tensors, fin, out, provenance, force, progress)
+    notes = list(rope.notes)
+    if len(files) > 1:
+        notes.append(f"the source is a split GGUF ({len(files)} shards from {files[0].name}): written as ONE merged "
+                     "GGUF, every tensor's bytes copied from its shard without re-quantizing")
+    return path, notes
+
+
+def _copy(source: Source, spec: RopeSpec, rope: GgufRope, tensors: list, fin: dict, out: Path,
+          provenance: dict | None, force: bool, progress: bool) -> Path:
+    """The output: the source's keys less the rope's, the new rope, then every tensor's bytes from its file."""
+    reader, arch = source.reader, source.arch
+    dropped = rope_key_names(arch)
+    with GgufExport(out, arch, provenance, force=force, sources=tuple(fin), endianess=reader.endianess) as gx:
         w = gx.keys
         for f in reader.fields.values():
             if f.name.startswith(("GGUF.", PREFIX)) or f.name == Keys.General.ARCHITECTURE or f.name in dropped:
@@ -60,16 +78,19 @@ def reextend_gguf(src: Path | Source, spec: RopeSpec, out: Path, *, static: bool
             w.add_key_value(f.name, field(reader, f.name), kind, sub_type=sub)
         gx.add_rope(rope, spec)
         for t in tensors:
+            src = file_of(reader, t, source.path)
             gx.add_tensor(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type,
-                          data=lambda t=t: _read_bytes(fin, t, source.path))
+                          data=lambda t=t, src=src: _read_bytes(fin[src], t, src))
         gx.write(progress, desc="copy GGUF tensors")
-    return gx.path, list(rope.notes)
+    return gx.path
 
 
 def check_source(source: Source) -> None:
     """A source that is a ropeconvert export must still be the file it sealed: its changed bytes would be copied
-    into a fresh seal and pass every later verify."""
-    check_source_seal(source.path)
+    into a fresh seal and pass every later verify. A split's first shard may carry the seal of the file that was
+    split: it covers that one file, not the shards, so it cannot be checked here."""
+    if len(source.files) == 1:
+        check_source_seal(source.path)
 
 
 def check_source_seal(src: Path) -> None:

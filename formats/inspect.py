@@ -13,6 +13,7 @@ from ropeconvert.errors import InputError
 from ropeconvert.formats.export import Export
 from ropeconvert.formats.gguf_keys import PREFIX, RopeTensors
 from ropeconvert.formats.gguf_read import field, is_gguf
+from ropeconvert.formats.gguf_split import shard_paths
 from ropeconvert.formats.hf_config import base_rope_from_config, rope_type, spec_from_hf_config
 
 # the GGUF keys inspect shows when present, named without their `{arch}.` prefix
@@ -89,6 +90,9 @@ def _describe_hf(export: Export) -> dict[str, Any]:
 def _describe_gguf(export: Export) -> dict[str, Any]:
     reader, arch = export.reader, export.arch
     info: dict[str, Any] = {"format": "gguf", "arch": arch}
+    shards = shard_paths(reader, export.path)
+    if len(shards) > 1:  # any shard of a split reads as the whole split (formats/gguf_split.py)
+        info["split"] = f"{len(shards)} shards, read from {shards[0].name}"
     for key in GGUF_KEYS:
         value = field(reader, key.format(arch=arch))
         if value is not None:

