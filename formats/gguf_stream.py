@@ -36,6 +36,7 @@ class TensorPlan:
     qtype: GGMLQuantizationType
     source: TensorInfo
     n_head: int | None = None  # set for llama-arch Q/K: rows are permuted for the interleaved rope
+    shift: float = 0.0  # added to every value (Gemma's RMSNorm weights: GGUF keeps 1 + w); F32 tensors only
 
     def __post_init__(self) -> None:
         """Refuse a shape the conversion cannot stream, before any output exists: products in Python ints (a
@@ -50,6 +51,8 @@ class TensorPlan:
         if itemsize is not None and math.prod(shape) * itemsize != info.nbytes:
             raise InputError(f"{where} holds {info.nbytes} bytes but {info.dtype}{list(shape)} needs "
                              f"{math.prod(shape) * itemsize}", "the checkpoint is damaged; re-download it")
+        if self.shift and self.qtype != Q.F32:
+            raise ValueError(f"{info.name}: a shifted tensor is written as F32")  # a bug in the plan, not input
         if self.n_head is not None and shape[0] % (2 * self.n_head):
             raise InputError(f"{where} has {shape[0]} rows, which do not split into {self.n_head} heads of an even "
                              "size", "num_attention_heads / num_key_value_heads in config.json do not match the weights")
@@ -113,7 +116,7 @@ def _convert(plan: TensorPlan, row: int, n_rows: int, cols: int, row_bytes: int,
         return q8_0_bf16(raw)
     f32 = np.left_shift(raw, 16, dtype=np.uint32).view(np.float32) if bf16 else raw.astype(np.float32, copy=False)
     if plan.qtype == Q.F32:
-        return f32
+        return f32 + np.float32(plan.shift) if plan.shift else f32
     if plan.qtype == Q.Q8_0:
         return q8_0(f32)
     return quants.quantize(f32, plan.qtype)  # gguf's bit-exact BF16 rounding

@@ -156,6 +156,7 @@ def _build_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> None:
         vocab = LlamaHfVocab(hf_dir)
         tokens, scores, types = map(list, zip(*vocab.all_tokens()))
         _pad(tokens, types, vocab_size, scores)
+        _added_tokens(tj, tokens, scores, types)  # LlamaHfVocab lists Gemma's added tokens as normal ones
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
         writer.add_token_scores(scores)
@@ -167,6 +168,8 @@ def _build_tokenizer(writer: GGUFWriter, hf_dir: Path, vocab_size: int) -> None:
     else:
         raise UnsupportedError(f"{hf_dir}: tokenizer type {model.get('type') or 'unknown'!r} cannot be written to GGUF",
                                "supported: SentencePiece (tokenizer.model) and BPE tokenizer.json")
+    if not bpe and not _prepends_space(tok):  # Gemma's SentencePiece: llama.cpp would otherwise add "▁" first
+        writer.add_add_space_prefix(False)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = SpecialVocab(hf_dir, load_merges=bpe, n_vocab=len(tokens))
@@ -240,12 +243,18 @@ def _sentencepiece_vocab(hf_dir: Path, tj: dict | None, vocab_size: int):
         kind = (TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
                 else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else TokenType.NORMAL)
         tokens[i], scores[i], types[i] = sp.IdToPiece(i).encode("utf-8"), sp.GetScore(i), int(kind)
-    for added in (tj or {}).get("added_tokens", []):  # tokens added on top of the .model (chat markers etc.)
+    _added_tokens(tj, tokens, scores, types)
+    return tokens, scores, types
+
+
+def _added_tokens(tj: dict | None, tokens: list, scores: list, types: list) -> None:
+    """Tokens added on top of the vocabulary (chat markers, Gemma's runs of spaces): their literal text, as control
+    (special) or user-defined tokens, which llama.cpp matches before it tokenizes the rest."""
+    for added in (tj or {}).get("added_tokens", []):
         i = int(added["id"])
-        if i < vocab_size:
+        if i < len(tokens):
             tokens[i], scores[i] = added["content"].encode("utf-8"), -1000.0
             types[i] = int(TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED)
-    return tokens, scores, types
 
 
 def _pad(tokens: list, types: list, vocab_size: int, scores: list) -> None:
@@ -256,6 +265,13 @@ def _pad(tokens: list, types: list, vocab_size: int, scores: list) -> None:
         tokens.append(f"[PAD{i}]".encode())
         types.append(int(TokenType.UNUSED))
         scores.append(-1000.0)
+
+
+def _prepends_space(tok) -> bool:
+    """Whether the SentencePiece-style tokenizer puts "▁" before the text (Llama-2, Mistral do; Gemma does not):
+    llama.cpp's `add_space_prefix`, true when the GGUF has no key."""
+    ids = tok("It", add_special_tokens=False)["input_ids"]
+    return bool(ids) and str(tok.convert_ids_to_tokens(ids[:1])[0]).startswith("\u2581")
 
 
 def _adds_special(tok) -> dict[str, bool]:

@@ -31,11 +31,11 @@ from ropeconvert.convert.methods.longrope import su_attention_factor
 from ropeconvert.convert.spec import DYNAMIC, LINEAR, POSITION_MAP, THETA, BaseRope, RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
 from ropeconvert.formats.archs import MODEL_TYPES, for_model_type
-from ropeconvert.formats.config_check import check_config, require
+from ropeconvert.formats.config_check import check_config, global_rope, require
 from ropeconvert.formats.dpe_format import hf_config as position_map_config
 
 # keys that describe the rope; everything else in config.json is carried over untouched
-_ROPE_KEYS = ("rope_scaling", "rope_parameters", "original_max_position_embeddings")
+_ROPE_KEYS = ("rope_scaling", "rope_parameters", "original_max_position_embeddings", "rope_local_base_freq")
 _MAX_POS_ORIGINAL = (LINEAR, DYNAMIC)  # kinds whose max_position_embeddings stays the original length
 
 
@@ -43,7 +43,7 @@ def rope_dict(config: dict[str, Any]) -> dict[str, Any]:
     """The config's rope dict (v4 `rope_scaling` wins over v5 `rope_parameters`, as transformers 5 does); its
     contents were validated by config_check (which refuses per-layer-type dicts)."""
     check_config(config)
-    return config.get("rope_scaling") or config.get("rope_parameters") or {}
+    return global_rope(config) or {}
 
 
 def rope_type(config: dict[str, Any]) -> str:
@@ -93,7 +93,7 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
         out["max_position_embeddings"] = int(target)
         if arch is not None and arch.keeps_original:
             out["original_max_position_embeddings"] = L
-        return out
+        return _layer_ropes(out, config, arch)
     hf = _native(spec)
     rope = {"rope_type": hf.rope_type, **hf.write(spec)} if hf is not None else _per_pair_rope(spec)
     if arch is not None and arch.hf_rope_types is not None and rope["rope_type"] not in arch.hf_rope_types:
@@ -111,6 +111,15 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
     if needs_original:
         out["original_max_position_embeddings"] = L
     out["max_position_embeddings"] = int(L if spec.kind in _MAX_POS_ORIGINAL else target)
+    return _layer_ropes(out, config, arch)
+
+
+def _layer_ropes(out: dict[str, Any], config: dict[str, Any], arch) -> dict[str, Any]:
+    """Archs whose sliding layers keep their own rope (Gemma 3) also get the per-layer-type form (formats/gemma3.py)."""
+    if arch is not None and arch.local_rope:
+        from ropeconvert.formats.gemma3 import add_layer_ropes
+
+        add_layer_ropes(out, config)
     return out
 
 

@@ -135,3 +135,60 @@ def test_generic_per_pair_form_matches_transformers(tmp_path, model, attention):
     for n in (spec.original_context, spec.target_context):
         np.testing.assert_allclose(again.inv_freq(n), spec.inv_freq(n), rtol=1e-12)
     assert again.attention_factor == pytest.approx(attention, rel=1e-12)
+
+
+# Gemma 3: only the global (full-attention) layers are extended; the sliding layers keep rope_local_base_freq.
+GEMMA_CASES = [("linear", {"factor": 2.0}), ("ntk", {"factor": 2.0}), ("yarn", {"factor": 4.0}),
+               ("yarn", {"factor": 8.0, "attention_factor": 0.9}), ("dynamic", {"factor": 2.0}),
+               ("llama3", {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}),
+               ("longrope", {"factor": 4.0, "long": True, "short": True})]
+
+
+def gemma3_rope(config_dir, seq_len):
+    """{layer_type: (inv_freq, attention scaling)} of transformers' own Gemma 3 rotary embeddings at `seq_len`:
+    one module per layer type in 5.x, `rotary_emb` + `rotary_emb_local` in 4.x."""
+    from transformers.models.gemma3 import modeling_gemma3 as m
+
+    config = AutoConfig.from_pretrained(config_dir)
+    x, pos = torch.zeros(1, seq_len, 8), torch.arange(seq_len)[None]
+    rotary = m.Gemma3RotaryEmbedding(config=config)
+    out = {}
+    if hasattr(rotary, "layer_types"):  # transformers 5
+        for layer_type in ("full_attention", "sliding_attention"):
+            rotary(x, pos, layer_type)
+            out[layer_type] = (getattr(rotary, f"{layer_type}_inv_freq").double().numpy(),
+                               float(getattr(rotary, f"{layer_type}_attention_scaling")))
+        return out
+    rotary(x, pos)
+    out["full_attention"] = (rotary.inv_freq.double().numpy(), float(rotary.attention_scaling))
+    import copy
+
+    local = copy.deepcopy(config)  # what Gemma3TextModel builds its rotary_emb_local from (4.57)
+    local.rope_theta, local.rope_scaling = config.rope_local_base_freq, {"rope_type": "default"}
+    rotary = m.Gemma3RotaryEmbedding(config=local)
+    out["sliding_attention"] = (rotary.inv_freq.double().numpy(), float(rotary.attention_scaling))
+    return out
+
+
+@pytest.mark.parametrize("method,knobs", GEMMA_CASES, ids=lambda c: str(c))
+def test_gemma3_extends_the_global_layers_only(tmp_path, method, knobs):
+    config = {**tiny_config("gemma3_text", 64, 1000000.0, 4096), "architectures": ["Gemma3ForCausalLM"],
+              "num_hidden_layers": 6, "sliding_window": 512, "rope_local_base_freq": 10000.0,
+              "query_pre_attn_scalar": 64}
+    base = base_rope_from_config(config)
+    spec = make_spec(method, knobs, base)
+    exported = hf_config_for(spec, config)
+    assert exported["layer_types"].count("full_attention") == 1 and exported["sliding_window"] == 512
+    assert exported["rope_parameters"]["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
+    (tmp_path / "config.json").write_text(json.dumps(exported))
+    local = 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64)
+    for seq_len in (spec.original_context // 2, spec.original_context + 1, spec.target_context):
+        ropes = gemma3_rope(tmp_path, seq_len)
+        np.testing.assert_allclose(ropes["full_attention"][0], spec.inv_freq(seq_len), rtol=1e-6,
+                                   err_msg=f"global inv_freq at {seq_len}")
+        assert ropes["full_attention"][1] == pytest.approx(spec.attention_factor, rel=1e-6)
+        np.testing.assert_allclose(ropes["sliding_attention"][0], local, rtol=1e-6, err_msg=f"sliding at {seq_len}")
+        assert ropes["sliding_attention"][1] == 1.0
+    if method != "ntk":  # ntk is written as a plain rope with a new base: nothing to read back
+        again = spec_from_hf_config(exported)
+        np.testing.assert_allclose(again.inv_freq(spec.target_context), spec.inv_freq(spec.target_context), rtol=1e-12)

@@ -91,7 +91,7 @@ class VllmRuntime:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)  # never remote code
         self._eos = _eos_ids(self.path, config, self.tokenizer)
         overrides: dict[str, Any] = {}
-        if config.get("sliding_window") and config.get("use_sliding_window", True):
+        if config.get("sliding_window") and config.get("use_sliding_window", True) and not _local_rope(config):
             # as the transformers runtime (pitfall 14): a sliding window would hide the haystack past it
             overrides["sliding_window"] = None
             self.notes.append(f"sliding window ({config['sliding_window']}) disabled for long-context evaluation")
@@ -204,3 +204,11 @@ def _allow_long_max_model_len():
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
+
+
+def _local_rope(config) -> bool:
+    """Gemma 3's sliding layers are part of the model (only its global layers are extended): keep their window."""
+    from ropeconvert.formats.archs import MODEL_TYPES
+
+    arch = MODEL_TYPES.get(config.get("model_type"))
+    return arch is not None and arch.local_rope
