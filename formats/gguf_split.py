@@ -148,3 +148,25 @@ def _split_int(reader, key: str, path: Path, least: int, most: int) -> int | Non
         raise InputError(f"{path.name}: GGUF metadata {key} must be an integer from {least} to {most}",
                          "the file is damaged; re-download it")
     return v
+
+
+def first_shard(path: Path, name: str, progress: bool, open_reader: Callable[[Path], Any]) -> tuple[Path, str]:
+    """(the path a GGUF source reads, its name). A shard of a split GGUF stands for its split, read from its first
+    shard as llama.cpp reads it: that shard's path with symlinks kept (the names find the siblings, and a Hub cache
+    links each shard to a blob named by its hash), and the name typed with the first shard's file name. A plain GGUF
+    is itself, resolved; only a file named like a shard is opened to ask (a renamed shard is refused when read).
+    `open_reader`: gguf_read.open_gguf (passed in: gguf_read imports this module)."""
+    if not SHARD_NAME.fullmatch(path.name):
+        return path.resolve(), name
+    shards = shard_paths(open_reader(path), path.absolute())
+    if len(shards) == 1:
+        return path.resolve(), name
+    if shards[0].name == path.name:
+        return shards[0], name
+    first = shards[0]
+    if progress:
+        import sys
+
+        print(f"note: {path.name} is a shard of a split GGUF: reading the split from its first shard {first.name}",
+              file=sys.stderr)
+    return first, str(Path(name).with_name(first.name))

