@@ -202,7 +202,7 @@ def _with_leaderboard(result: ConvertResult) -> ConvertResult:
 
 def default_out(source: Source, method: str, target: int, to: str) -> Path:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.name.rstrip("/")).name).strip("-.") or "model"
-    stem = re.sub(r"\.gguf$", "", stem)
+    stem = re.sub(r"(-\d{5}-of-\d{5})?\.gguf$", "", stem)  # a split's first shard names the model, not the shard
     name = f"{stem}-{method}-{_k(target)}"
     return Path(name + ".gguf" if to == "gguf" else name)
 

@@ -259,3 +259,13 @@ def test_llama_cpp_runs_the_split_and_the_merged_export(shards, plain, from_plai
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "m.report" / "report.json").read_text())
     assert report["runtime"]["engine"] == "llama.cpp" and not any("transformers" in n for n in report["notes"])
+
+
+def test_default_output_name_of_a_split_names_the_model():
+    from types import SimpleNamespace
+
+    from ropeconvert.convert.pipeline import default_out
+
+    split = SimpleNamespace(name="models/tiny-00001-of-00003.gguf")
+    assert default_out(split, "yarn", 512, "gguf").name == "tiny-yarn-512.gguf"
+    assert default_out(SimpleNamespace(name="tiny.gguf"), "yarn", 512, "hf").name == "tiny-yarn-512"
