@@ -94,7 +94,11 @@ def _what_was_done(export: Publication, spec: dict[str, Any]) -> str:
             f"{_num(base_theta)} → {_num(spec['rope_theta'])}"
         rows.append(("rope_theta", theta))
         rows.append(("attention factor", _num(spec.get("attention_factor", 1.0))))
-        knobs = {k: v for k, v in params.items() if k != "factor"}
+        on = params.get("stacked_on")
+        if isinstance(on, dict):  # --stack: the source's own scaling, kept underneath (convert/stack.py)
+            rows.append(("stacked on", f"the source's `{on.get('method')}` scaling ({_n(on.get('original_context'))} → "
+                                       f"{_n(on.get('target_context'))} tokens); per-pair divisors multiplied"))
+        knobs = {k: v for k, v in params.items() if k not in ("factor", "stacked_on")}
         if knobs:
             rows.append(("method settings", ", ".join(f"{k}={_num(v)}" for k, v in knobs.items())))
     rows.append(("weights", export.provenance.get("weights_origin") or (
@@ -207,6 +211,8 @@ def _reproduce(export: Publication, spec: dict[str, Any], base_id: str | None) -
         source = f"./{local}"
     args = ["ropeconvert", _quote(str(source)), "--method", spec["method"]]
     params = dict(spec.get("params") or {})
+    if isinstance(params.get("stacked_on"), dict):
+        args.append("--stack")
     info = _method_info(spec["method"])
     for key in (info.params if info else []):
         value = params.get(key)

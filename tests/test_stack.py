@@ -244,3 +244,16 @@ def test_refusals_are_one_line_and_write_nothing(name, request, tmp_path):
 def test_source_refusal_names_stack(llama31, tmp_path):
     proc = run_cli(llama31, "-m", "yarn", "-s", "2", "--out", tmp_path / "out", "-q")
     assert_clean_refusal(proc, tmp_path / "out", None, None, "already carries llama3", "--replace-scaling", "--stack")
+
+
+def test_card_of_a_stacked_export_says_so_and_reproduces_with_stack(llama31, tmp_path):
+    from helpers import run_cli
+
+    out = tmp_path / "llama31-yarn-card"
+    stack(llama31, out, to="hf")
+    proc = run_cli("publish", out, "--repo", "acme/llama31-yarn", "--dry-run", "--skip-validation")
+    assert proc.returncode == 0, proc.stderr
+    body = (out / "README.md").read_text(encoding="utf-8")
+    assert "| stacked on | the source's `llama3` scaling" in body and "stacked_on=" not in body
+    reproduce = body.split("## Reproduce", 1)[1]
+    assert "--method yarn --stack" in reproduce
