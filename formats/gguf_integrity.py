@@ -151,10 +151,9 @@ def verify_gguf(path: Path | Export, source: Path | None = None) -> tuple[list[s
         return problems + [f"the file no longer reads as GGUF: {e.problem}"], done
     named = field(reader, Keys.Source.NAME)
     if source is None and isinstance(named, str):
-        from ropeconvert.formats.source import ALIASES, EMBEDDED, embedded_gguf
+        from ropeconvert.formats.source import packaged_path
 
-        if named in ALIASES and ALIASES.get(named) == EMBEDDED:  # the one local source every install has
-            source = embedded_gguf()
+        source = packaged_path(named)  # the embedded and packaged models: local sources every install has
     try:
         arch = gguf_arch(reader)
         spec = export.spec

@@ -3,9 +3,12 @@ safetensors shards as they fill (memory stays about one shard), with the config 
 tokenizer transformers rebuilds from the GGUF vocabulary (its `gguf_file=` loader, the one piece we do not write)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +87,42 @@ def _write_tokenizer(path: Path, out_dir: Path) -> None:
     cfg.pop("is_local", None)
     cfg.pop("local_files_only", None)
     cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def cached_hf_copy(source, cache: Path, progress: bool = True) -> Path:
+    """The dequantized HF copy of a GGUF Source (formats/source.py) in `cache`, built once under a temporary
+    name and renamed. A failed build leaves nothing in the cache; a full disk or an unwritable cache is one
+    OutputError naming the cache (the GGUF is read before, and its read errors are InputErrors)."""
+    import errno
+
+    from ropeconvert.errors import OutputError
+
+    # every shard of a split counts: any one rewritten makes a new copy (one file: the key it always had)
+    stats = [(p, p.stat()) for p in source.files]
+    key = hashlib.sha256(("".join(f"{p}|{st.st_size}|{st.st_mtime_ns}|" for p, st in stats) + "v1").encode()).hexdigest()[:16]
+    target = cache / "gguf-as-hf" / f"{source.path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        write_hf_from_gguf(source.path, tmp, progress=progress, reader=source.reader)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its copy is the same
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
+        what = f"the dequantized copy of {source.name} in {target.parent}"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"ran out of space writing {what}",
+                              "free some space, or set ROPECONVERT_CACHE to a directory on a larger disk") from None
+        raise OutputError(f"cannot write {what} ({e.strerror or type(e).__name__})",
+                          "set ROPECONVERT_CACHE to a writable directory") from None
+    return target

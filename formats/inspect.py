@@ -35,7 +35,11 @@ def verify(path: Path | Export, source: Path | None = None) -> tuple[list[str], 
     from ropeconvert.formats.manifest import verify_hf
 
     if source is not None and not Path(source).exists():
-        raise InputError(f"--source {source} not found", "pass the directory or .gguf the export was made from")
+        from ropeconvert.formats.source import packaged_path
+
+        given, source = source, packaged_path(str(source))  # `--source gemma3-270m`: an alias's local file
+        if source is None:
+            raise InputError(f"--source {given} not found", "pass the directory or .gguf the export was made from")
     if isinstance(path, Export):
         export = path
     else:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ropeconvert.convert.spec import DYNAMIC, LINEAR, LLAMA3, LONGROPE, PER_PAIR, POSITION_MAP, THETA, YARN, RopeSpec
+from ropeconvert.formats.archs import MODEL_TYPES
 
 RUNTIMES = ("transformers", "vllm", "sglang", "mlx-lm", "mistral.rs", "llama.cpp")
 LABELS = {"transformers": "transformers", "vllm": "vLLM", "sglang": "SGLang", "mlx-lm": "mlx-lm",
@@ -29,6 +30,20 @@ _MLX = "mlx_lm/models/rope_utils.py initialize_rope"
 _MRS = "mistral.rs 0.9.5 llama config deserialisation (the rope_scaling enum), measured by loading exports"
 _MRS_PHI3 = "mistral.rs 0.9.5 phi3 model (its own longrope), measured by log-probs against transformers"
 _LCPP = "llama.cpp convert_hf_to_gguf.py (measured in issue 18); ropeconvert --to gguf: formats/gguf_rope.py"
+# Gemma 3 (archs whose sliding layers keep their own rope): each runtime's own model file, read at the pinned version
+_VLLM_G3 = ("vllm/model_executor/models/gemma3.py Gemma3Attention.__init__ "
+            "(get_rope(config.rope_parameters[layer_type]))")
+_VLLM_G3_LEN = "vllm/config/model.py _get_and_verify_max_len (gemma3: max_position_embeddings, factor not applied)"
+_SGL_G3 = ("sglang/srt/models/gemma3_causal.py Gemma3TextModel.__init__ → Gemma3RotaryEmbedding (transformers' "
+           "ROPE_INIT_FUNCTIONS on rope_parameters['full_attention'], default rope at ['sliding_attention'])")
+_SGL_G3_LEN = "sglang/srt/utils/hf_transformers/common.py get_context_length (a nested rope_scaling has no factor)"
+_MLX_G3 = ("mlx_lm/models/gemma3_text.py Attention.__init__ (rope_theta + rope_scaling, rope_local_base_freq; global "
+           "layers by sliding_window_pattern, not layer_types) → rope_utils.py initialize_rope")
+_MRS_G3 = ("mistral.rs 0.9.5 Gemma3 (Which.MultimodalPlain, arch Gemma3): Gemma3TextConfig deserialisation (reads "
+           "rope_theta, rope_scaling, rope_local_base_freq), measured by loading exports")
+_MRS_G3_FLAGS = "Which.MultimodalPlain(arch=MultimodalArchitecture.Gemma3), prefix_cache_n=0"
+_MRS_G3_NOTE = ("Which.Plain refuses Gemma3ForCausalLM; its prefix cache gives NaN logits for a prompt extending a "
+                "cached one (measured on CPU, the base model too)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,8 @@ def rule(runtime: str, spec: RopeSpec) -> Rule:
         return Rule("exact", "", "transformers/modeling_rope_utils.py ROPE_INIT_FUNCTIONS")
     if k == POSITION_MAP:
         return Rule("unsupported", "DPE / Self-Extend needs ropeconvert's attention: use transformers", "")
+    if local_rope(spec):
+        return _local_rope_rule(runtime, spec, MODEL_TYPES[spec.base.arch].gguf)
     if runtime == "vllm":
         if k == DYNAMIC:
             return Rule("unsupported", f"DynamicNTKScalingRotaryEmbedding bakes one {L}-row table at the original "
@@ -101,6 +118,83 @@ def rule(runtime: str, spec: RopeSpec) -> Rule:
         hf_converter_ok = k in (LINEAR, THETA, LLAMA3) or (k == YARN and not _yarn_custom(spec))
         note = "" if hf_converter_ok else "llama.cpp's own converter mis-writes this rope from the HF export"
         return Rule("flags", note, _LCPP, "ropeconvert ... --to gguf")
+    raise KeyError(runtime)
+
+
+def local_rope(spec: RopeSpec) -> bool:
+    """The spec's model keeps a rope of its own on its sliding layers (Gemma 3: formats/gemma3.py)."""
+    arch = MODEL_TYPES.get(spec.base.arch)
+    return arch is not None and arch.local_rope
+
+
+def _local_rope_rule(runtime: str, spec: RopeSpec, gguf_arch: str) -> Rule:
+    """Gemma 3: only the global layers carry the extension; the sliding ones must keep rope_local_base_freq unscaled.
+    vLLM, SGLang, mlx-lm and mistral.rs all build the sliding layers' rope that way (tests/test_runtimes.py measures
+    both layer types); they differ in how they build the global rope and how long a prompt they allow."""
+    k, custom_attention = spec.kind, "attention_factor" in spec.params
+    L, N = spec.original_context, spec.target_context
+    same = spec.short_factors is None or tuple(spec.short_factors) == tuple(spec.factors or ())
+    amx = "; on SGLang's CPU backend with AMX (Gemma3Attention.forward_cpu) the global layers run unscaled"
+    if runtime == "vllm":
+        if k in (LINEAR, DYNAMIC):  # both keep max_position_embeddings at the original length (formats/hf_config.py)
+            what = "" if k == LINEAR else f"DynamicNTKScalingRotaryEmbedding bakes one {L}-row table at the " \
+                                          "original base; "
+            return Rule("unsupported", f"{what}vLLM's gemma3 takes max_position_embeddings ({L}) as max_model_len "
+                        f"without the factor, and its sliding layers' rope table has {L} rows (IndexError past it): "
+                        "use --method yarn or ntk", _VLLM_G3 + "; " + _VLLM_G3_LEN)
+        if k in (LONGROPE, PER_PAIR):  # as for other archs: max_model_len defaults to the original length
+            return Rule("flags" if same else "partial", "" if same else "uses the long factors at every length "
+                        f"(transformers: short ones up to {L} tokens)", _VLLM_G3 + "; phi3_long_rope_scaled_rope.py",
+                        f"--max-model-len {N}")
+        return Rule("exact", "", _VLLM_G3 + "; " + _VLLM_G3_LEN)
+    if runtime == "sglang":
+        scaled = amx[2:] if k != THETA else ""
+        if k in (LINEAR, DYNAMIC):
+            note = f"derives a context length of {L} (max_position_embeddings)"
+            flags = f"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 --context-length {N}"
+            if k == DYNAMIC:  # the base is recomputed in Python, which a replayed CUDA graph does not run
+                note += ("; its rope recomputes the base in Python (_dynamic_frequency_update), which CUDA-graph "
+                         "decode would not rerun (read, not measured)")
+                flags += " --disable-cuda-graph"
+            return Rule("flags", note + amx, _SGL_G3 + "; " + _SGL_G3_LEN, flags)
+        if k in (LONGROPE, PER_PAIR) and not same:
+            return Rule("partial", f"uses the short factors at every length (no long/short switch; transformers: "
+                        f"long ones past {L} tokens){amx}", _SGL_G3)
+        return Rule("exact", scaled, _SGL_G3)
+    if runtime == "mlx-lm":  # the global layers run the same initialize_rope as the other archs
+        if k in (LONGROPE, PER_PAIR):
+            from ropeconvert.convert.methods.longrope import su_attention_factor
+
+            why = [] if same else [f"uses the long factors at every length (transformers: short ones up to {L} "
+                                   "tokens)"]
+            if abs(spec.attention_factor - su_attention_factor(spec.scale, L)) > 1e-9:
+                why.append(f"applies its own attention factor √(1 + ln s/ln L), not {spec.attention_factor:g}")
+            if why:
+                return Rule("partial", "SuScaledRoPE " + " and ".join(why), _MLX_G3 + " → SuScaledRoPE")
+            return Rule("exact", "", _MLX_G3 + " → SuScaledRoPE")
+        if k == YARN and custom_attention and "mscale" not in _yarn_written(spec):
+            return Rule("partial", "ignores this attention factor (it has no mscale form)", _MLX_G3 + " → YarnRoPE")
+        return Rule("exact", "", _MLX_G3)
+    if runtime == "mistral.rs":
+        if k == THETA:
+            return Rule("flags", _MRS_G3_NOTE, _MRS_G3, _MRS_G3_FLAGS)
+        if k == LINEAR:
+            return Rule("partial", f"reads max_position_embeddings ({L}) as its limit: prompts past it are refused; "
+                        + _MRS_G3_NOTE, _MRS_G3, _MRS_G3_FLAGS)
+        return Rule("unsupported", f"its Gemma 3 config takes rope_scaling type linear only (refuses "
+                    f"{_hf_type(k)!r}): use --method ntk", _MRS_G3)
+    if runtime == "llama.cpp":  # what `--to gguf` writes for this arch, or its refusal (formats/gguf_rope.py)
+        from ropeconvert.errors import UnsupportedError
+        from ropeconvert.formats.gguf_rope import gguf_rope
+
+        if k == DYNAMIC:
+            return Rule("unsupported", "llama.cpp has no dynamic NTK: `--to gguf --static` bakes NTK at the target",
+                        "formats/gguf_rope.py")
+        try:
+            gguf_rope(spec, gguf_arch)
+        except UnsupportedError as e:
+            return Rule("unsupported", f"`--to gguf` refuses it: {e.problem}", "formats/gguf_rope.py gguf_rope")
+        return Rule("flags", "", "formats/gguf_rope.py; formats/gemma3.py", "ropeconvert ... --to gguf")
     raise KeyError(runtime)
 
 

@@ -10,11 +10,8 @@ and kept, so one conversion parses its source GGUF once (tests/test_source_once.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -160,9 +157,8 @@ def resolve(name: str, revision: str | None = None, progress: bool = True) -> So
         if target == EMBEDDED:
             return Source("gguf", embedded_gguf(), name, EMBEDDED_ORIGIN, None, "HuggingFaceTB/SmolLM2-135M-Instruct")
         if target == GEMMA3_270M:
-            from ropeconvert.formats.packaged_models import GEMMA3_270M_ORIGIN, gemma3_270m
-
-            return Source("gguf", gemma3_270m(cache_dir()), name, GEMMA3_270M_ORIGIN, None, "google/gemma-3-270m")
+            from ropeconvert.formats.packaged_models import GEMMA3_270M_ORIGIN as origin, gemma3_270m
+            return Source("gguf", gemma3_270m(cache_dir()), name, origin, None, "google/gemma-3-270m")
         return _download(target, revision, name, progress)
     if is_hub_id(name):
         return _download(name, revision, name, progress)
@@ -192,6 +188,12 @@ def _local_identity(path: Path, kind: str) -> tuple[str, str | None, str | None]
     if is_hub_id(named):
         return f"a local copy of {named} ({path.name})", None, named
     return f"a local model ({path.name})", None, None
+
+
+def packaged_path(name: object) -> Path | None:
+    """The local file of an alias that needs no download (the embedded and the packaged models), else None."""
+    local = name in ALIASES and ALIASES.get(name) in (EMBEDDED, GEMMA3_270M)  # type: ignore[arg-type]
+    return resolve(str(name), progress=False).path if local else None
 
 
 def public_name(value: str | Path) -> str:
@@ -258,43 +260,7 @@ def cache_dir() -> Path:
 
 
 def hf_checkpoint(source: Source, progress: bool = True) -> Path:
-    """An HF directory for `source`: itself, or (GGUF) its dequantized copy in the cache, built once under a temporary
-    name and renamed. A failed build leaves nothing in the cache; a full disk or an unwritable cache is one
-    OutputError naming the cache (the GGUF is read before, and its read errors are InputErrors)."""
-    import errno
+    """An HF directory for `source`: itself, or (GGUF) its dequantized copy in the cache (formats/gguf_to_hf.py)."""
+    from ropeconvert.formats.gguf_to_hf import cached_hf_copy
 
-    from ropeconvert.errors import OutputError
-
-    if source.kind == "hf":
-        return source.path
-    # every shard of a split counts: any one rewritten makes a new copy (one file: the key it always had)
-    stats = [(p, p.stat()) for p in source.files]
-    key = hashlib.sha256(("".join(f"{p}|{st.st_size}|{st.st_mtime_ns}|" for p, st in stats) + "v1").encode()).hexdigest()[:16]
-    target = cache_dir() / "gguf-as-hf" / f"{source.path.stem}-{key}"
-    if (target / "config.json").is_file():
-        return target
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        from ropeconvert.formats.gguf_to_hf import write_hf_from_gguf
-
-        write_hf_from_gguf(source.path, tmp, progress=progress, reader=source.reader)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its copy is the same
-    except BaseException as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, OSError):
-            raise
-        what = f"the dequantized copy of {source.name} in {target.parent}"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise OutputError(f"ran out of space writing {what}",
-                              "free some space, or set ROPECONVERT_CACHE to a directory on a larger disk") from None
-        raise OutputError(f"cannot write {what} ({e.strerror or type(e).__name__})",
-                          "set ROPECONVERT_CACHE to a writable directory") from None
-    return target
+    return source.path if source.kind == "hf" else cached_hf_copy(source, cache_dir(), progress)

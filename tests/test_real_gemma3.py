@@ -47,6 +47,8 @@ def test_re_extended_gguf_keeps_the_quantized_tensors(exports):
     assert f == {"gemma3.rope.scaling.type": "yarn", "gemma3.rope.scaling.factor": 2.0,
                  "gemma3.rope.scaling.original_context_length": 32768}
     assert gguf_info(gguf).n_ctx_train == 65536
+    proc = run_cli("verify", gguf, "--source", "gemma3-270m")  # the alias names its local file
+    assert proc.returncode == 0 and "tensor bytes identical to the source" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_hf_export_has_the_per_layer_rope(exports):

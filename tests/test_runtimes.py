@@ -5,7 +5,11 @@ qkv/gate_up projections; weights sharpened so attention depends on position) and
 export) and llama.cpp (the `--to gguf` export of it) on log-probs of the same tokens, before, just past and well
 past the original length. The measured agreement must equal what the rules table (formats/runtimes.py) claims — a
 runtime the table calls exact must match, one it calls partial or unsupported must really differ or refuse (so the
-export's warning is needed). Every runtime is installed by `make install` (the [runtimes] and [llamacpp] extras)."""
+export's warning is needed). Every runtime is installed by `make install` (the [runtimes] and [llamacpp] extras).
+
+Gemma 3 (issue #21, the end of this file): its sliding layers keep their own rope, so each runtime's Gemma 3 model code
+is run for a global and a sliding layer against transformers' Gemma3RotaryEmbedding, plus the length each engine
+allows, and mistral.rs on a tiny sharpened Gemma 3; the table's arch-aware rules must say what is found."""
 from __future__ import annotations
 
 import json
@@ -104,6 +108,7 @@ def _work(work):
     WORK[:] = [work]
     yield
     measured.cache_clear()
+    gemma_measured.cache_clear()
 
 
 @pytest.mark.parametrize("runtime", COMPARED)
@@ -238,3 +243,429 @@ def test_phi3_hf_export_refuses_a_rope_transformers_phi3_cannot_load(work, tmp_p
     assert_clean_refusal(proc, out, src, before, "takes only rope type longrope", "--to gguf")
     gguf = run_cli(src, "-m", method, *knobs, "--to", "gguf", "-o", tmp_path / "phi3.gguf", "-q")
     assert gguf.returncode == 0, gguf.stderr
+
+
+# ---- Gemma 3 (issue #21): the sliding layers keep their own rope, only the global layers are extended ----------------
+# A config-only export for the rope-level runtimes: 6 layers (5 sliding + 1 global, Gemma 3's pattern) whose sliding
+# rope base is not the 10000 default, so that a runtime ignoring rope_local_base_freq would show
+GEMMA = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "hidden_size": 64,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 64,
+         "num_hidden_layers": 6, "vocab_size": 64, "rope_theta": 1000000.0, "max_position_embeddings": 256,
+         "sliding_window": 32, "rope_local_base_freq": 20000.0, "query_pre_attn_scalar": 16}
+GEMMA_LAYERS = ("full_attention", "sliding_attention")
+MADE_UP = tuple(round(float(v), 3) for v in 1.0 + 3.0 * np.random.default_rng(0).random(N_PAIRS))  # not monotone
+GEMMA_CASES = {
+    **{c: CASES[c] for c in ("linear", "ntk", "dynamic", "yarn", "yarn-betas-mscale", "yarn-attention-1.5", "llama3",
+                             "longrope", "longrope-attention-1.3")},
+    # mscale m = 0: written as attention_factor, which transformers' rope functions (so SGLang's Gemma 3 too) and vLLM
+    # read, mlx-lm does not
+    "yarn-attention-as-factor": ("yarn", {"factor": 4.0, "attention_factor": 1 / (1 + 0.1 * math.log(4.0))}),
+    "per-pair": ("per_pair", {"attention_factor": 1.0}),
+    "per-pair-attention-1.25": ("per_pair", {"attention_factor": 1.25}),
+}
+ROPE_LEVEL = ("vllm", "sglang", "mlx-lm")
+
+
+def gemma_spec(case: str, config: dict | None = None):
+    from ropeconvert.convert.spec import RopeSpec
+
+    method, knobs = GEMMA_CASES[case]
+    base = base_rope_from_config(config or GEMMA)
+    if method == "per_pair":  # a spec of no registered method: the generic per-pair form (longrope, long = short)
+        return RopeSpec(method="made-up", base=base, target_context=4 * base.original_context,
+                        rope_theta=base.rope_theta, factors=MADE_UP, **knobs)
+    return build_spec(method, base, **knobs)
+
+
+def _gemma_export(case: str) -> Path:
+    path = WORK[0] / "gemma-config" / case
+    if not (path / "config.json").is_file():
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(hf_config_for(gemma_spec(case), GEMMA)))
+    return path
+
+
+def _tf_gemma(export: Path, n: int, layer_type: str):
+    """transformers 5: one Gemma3RotaryEmbedding for both layer types (modeling_gemma3.Gemma3TextModel)."""
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.gemma3 import modeling_gemma3 as m
+
+    config = AutoConfig.from_pretrained(export)
+    q = torch.from_numpy(runtime_check._query(n, config.head_dim))[None, None]
+    cos, sin = m.Gemma3RotaryEmbedding(config=config)(q, torch.arange(n)[None], layer_type)
+    return m.apply_rotary_pos_emb(q, q, cos, sin)[0][0, 0].numpy()
+
+
+def _vllm_gemma(export: Path, n: int, layer_type: str, max_model_len: int):
+    """vllm/model_executor/models/gemma3.py Gemma3Attention: get_rope(head_dim, max_position=max_position_embeddings,
+    rope_parameters=config.rope_parameters[layer_type]) on the config vLLM patches."""
+    import os
+    from types import SimpleNamespace
+
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    import torch
+    from transformers import AutoConfig
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+    from vllm.transformers_utils.config import patch_rope_parameters
+
+    config = AutoConfig.from_pretrained(export)
+    patch_rope_parameters(config)
+    vllm_config = VllmConfig()
+    object.__setattr__(vllm_config, "model_config", SimpleNamespace(max_model_len=max_model_len))
+    with set_current_vllm_config(vllm_config):
+        rope = get_rope(config.head_dim, max_position=config.max_position_embeddings,
+                        rope_parameters=config.rope_parameters[layer_type], is_neox_style=True)
+        return runtime_check._apply(rope, n, torch.from_numpy(runtime_check._query(n, config.head_dim)))[0].numpy()
+
+
+def _sglang_source(relpath: str, *names: str) -> dict:
+    """Top-level definitions of an installed SGLang module, executed by themselves: sglang/srt/models/gemma3_causal.py
+    and sglang/srt/utils/hf_transformers/common.py import einops, torchvision, … (not in the [runtimes] extra), while
+    the definitions used here need only torch and transformers."""
+    import ast
+    import importlib.util
+
+    import torch
+    from transformers import ROPE_INIT_FUNCTIONS
+
+    path = Path(importlib.util.find_spec("sglang").submodule_search_locations[0]) / relpath
+    tree = ast.parse(path.read_text())
+    wanted = [n for n in tree.body if getattr(n, "name", None) in names
+              or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) in names for t in n.targets))]
+    assert len(wanted) == len(names), f"{relpath} no longer defines {names}"
+    namespace = {"torch": torch, "nn": torch.nn, "ROPE_INIT_FUNCTIONS": ROPE_INIT_FUNCTIONS, "Gemma3TextConfig": object}
+    exec(compile(ast.Module(wanted, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
+def _sglang_gemma(export: Path, n: int, layer_type: str):
+    """sglang/srt/models/gemma3_causal.py Gemma3TextModel.__init__: Gemma3RotaryEmbedding of a config copy whose
+    rope_parameters is rope_parameters["full_attention"] (global) or a default rope at the sliding theta; the layers
+    apply its cos/sin (Gemma3Attention.forward_native)."""
+    import copy
+
+    import torch
+    from sglang.srt.layers.rotary_embedding.utils import apply_rotary_pos_emb_native_eager
+    from transformers import AutoConfig
+
+    rotary_class = _sglang_source("srt/models/gemma3_causal.py", "Gemma3RotaryEmbedding")["Gemma3RotaryEmbedding"]
+    config = AutoConfig.from_pretrained(export)
+    rope = config.rope_parameters
+    local = copy.deepcopy(config)
+    if layer_type == "full_attention":
+        local.rope_parameters = {**rope["full_attention"], "rope_theta": rope["full_attention"].get("rope_theta", 1e6)}
+    else:
+        local.rope_parameters = {"rope_type": "default", "rope_theta": rope["sliding_attention"].get("rope_theta", 1e4)}
+    q = torch.from_numpy(runtime_check._query(n, config.head_dim))
+    cos, sin = rotary_class(config=local)(q, torch.arange(n)[None])
+    cos, sin = cos.reshape(-1, cos.shape[-1]), sin.reshape(-1, sin.shape[-1])
+    return apply_rotary_pos_emb_native_eager(q[:, None], q[:, None], cos, sin)[0][:, 0].numpy()
+
+
+def _mlx_gemma(export: Path, n: int, layer_type: str):
+    """mlx_lm/models/gemma3_text.py: the rope of an Attention layer of that type, built from the raw config.json."""
+    import mlx.core as mx
+    from mlx_lm.models import gemma3_text
+
+    c = json.loads((export / "config.json").read_text())
+    args = gemma3_text.ModelArgs.from_dict(c)
+    attention = gemma3_text.Attention(args, c["layer_types"].index(layer_type))
+    assert attention.is_sliding == (layer_type == "sliding_attention")
+    return np.array(attention.rope(mx.array(runtime_check._query(n, args.head_dim))[None, None], offset=0)[0, 0])
+
+
+@lru_cache(maxsize=None)
+def gemma_measured(case: str) -> dict:
+    """{runtime: {layer type: {short/edge/long: max |Δ| of the rotated query vs transformers, or the error}}}."""
+    export, spec = _gemma_export(case), gemma_spec(case)
+    L = spec.original_context
+    lengths = {"short": L // 2, "edge": L + 1, "long": spec.target_context}
+    run = {"vllm": lambda n, t: _vllm_gemma(export, n, t, spec.target_context),  # as `--max-model-len N`
+           "sglang": lambda n, t: _sglang_gemma(export, n, t), "mlx-lm": lambda n, t: _mlx_gemma(export, n, t)}
+    out = {}
+    for name in ROPE_LEVEL:
+        out[name] = {t: {k: runtime_check._max_diff(lambda: (run[name](n, t), _tf_gemma(export, n, t)))
+                         for k, n in lengths.items()} for t in GEMMA_LAYERS}
+    return out
+
+
+def _ok(row: dict, spec) -> dict[str, bool]:
+    """Per length, whether the runtime's rotated query equals transformers' (an error is a mismatch)."""
+    n = {"short": spec.original_context // 2, "edge": spec.original_context + 1, "long": spec.target_context}
+    return {k: isinstance(row[k], float) and row[k] <= runtime_check.tolerance(n[k]) for k in n}
+
+
+@pytest.mark.parametrize("runtime", ROPE_LEVEL)
+@pytest.mark.parametrize("case", GEMMA_CASES)
+def test_gemma3_rope_equals_transformers_or_is_declared(case, runtime):
+    """Both layer types of each runtime's Gemma 3 rope against transformers' Gemma3RotaryEmbedding, below, just past
+    and at the target length: the global layers read the export's rope, the sliding ones keep rope_local_base_freq
+    (20000 here, not the 10000 default) unscaled. Where the table says partial or unsupported, the difference is real
+    and is where its note says."""
+    spec = gemma_spec(case)
+    expected, rows = rule(runtime, spec), gemma_measured(case)[runtime]
+    full, sliding = _ok(rows["full_attention"], spec), _ok(rows["sliding_attention"], spec)
+    if runtime == "vllm" and spec.kind in ("linear", "dynamic"):  # its sliding layers' rope table has L rows
+        assert sliding == {"short": True, "edge": False, "long": False}, rows
+        assert "IndexError" in rows["sliding_attention"]["long"]
+    else:
+        assert all(sliding.values()), f"{runtime}'s sliding layers differ on gemma3 {case}: {rows}"
+    if expected.status in ("exact", "flags"):
+        assert all(full.values()) and all(sliding.values()), f"{runtime} differs on gemma3 {case}: {rows}"
+        return
+    assert not (all(full.values()) and all(sliding.values())), f"{runtime} matches on {case}; table: {expected}"
+    assert any(LABELS[runtime] in w for w in export_warnings(spec))
+    wrong = {k for k, ok in full.items() if not ok}
+    if spec.kind == "longrope" and runtime == "vllm":  # the long factors at every length
+        assert wrong == {"short"}, rows
+    elif spec.kind == "longrope" and runtime == "sglang":  # the short factors at every length
+        assert wrong == {"edge", "long"}, rows
+    elif runtime == "mlx-lm" and "attention factor" in expected.note and "long factors" not in expected.note:
+        assert wrong == {"short", "edge", "long"}, rows  # the attention factor: wrong at every length
+    elif runtime == "mlx-lm" and spec.kind == "longrope":
+        assert "short" in wrong, rows
+
+
+def test_gemma3_runtimes_read_the_exported_keys():
+    """What each runtime is given by our export: vLLM and SGLang the per-layer-type rope_parameters (as transformers 5
+    builds them from rope_parameters + rope_scaling), mlx-lm and mistral.rs the top-level rope_theta, rope_scaling
+    and rope_local_base_freq — every one of them in the export, agreeing."""
+    from transformers import AutoConfig
+
+    config = json.loads((_gemma_export("yarn") / "config.json").read_text())
+    assert config["rope_local_base_freq"] == 20000.0 and config["rope_theta"] == 1000000.0
+    full = {k: v for k, v in config["rope_scaling"].items() if k != "type"}
+    assert config["rope_parameters"] == {"full_attention": full,
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}}
+    loaded = AutoConfig.from_pretrained(_gemma_export("yarn")).rope_parameters
+    assert loaded["sliding_attention"] == {"rope_type": "default", "rope_theta": 20000.0}
+    assert {k: loaded["full_attention"][k] for k in full} == full
+
+
+@pytest.mark.parametrize("case", ["linear", "dynamic", "ntk", "yarn", "llama3", "longrope"])
+def test_gemma3_engine_lengths(case):
+    """How long a prompt each engine allows: vLLM's gemma3 takes max_position_embeddings without multiplying it by
+    the factor (it does for llama), SGLang's get_context_length finds no factor in the nested rope_scaling; linear and
+    dynamic exports keep max_position_embeddings at the original length, so both cap them there."""
+    import os
+    from types import SimpleNamespace
+
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    from transformers import AutoConfig
+    from vllm.config.model import _get_and_verify_max_len
+    from vllm.transformers_utils.config import patch_rope_parameters
+
+    spec = gemma_spec(case)
+    L, N = spec.original_context, spec.target_context
+
+    def vllm_len(config, max_model_len=None):
+        patch_rope_parameters(config)
+        # what vLLM's ModelArchConfigConvertor.derive_max_model_len_and_key finds in a Gemma 3 config
+        arch = SimpleNamespace(derived_max_model_len_and_key=(config.max_position_embeddings,
+                                                              "max_position_embeddings"))
+        return _get_and_verify_max_len(config, arch, None, max_model_len, False, None)
+
+    sglang = _sglang_source("srt/utils/hf_transformers/common.py", "CONTEXT_LENGTH_KEYS", "get_context_length")
+    config = AutoConfig.from_pretrained(_gemma_export(case))
+    capped = spec.kind in ("linear", "dynamic")
+    assert sglang["get_context_length"](config) == (L if capped else N)
+    if spec.kind == "longrope":  # vLLM's default for longrope is the original length, N with --max-model-len N
+        assert vllm_len(config) == L and vllm_len(config, N) == N
+    elif capped:
+        assert vllm_len(config) == L
+        with pytest.raises(ValueError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+            vllm_len(config, N)
+        llama = WORK[0] / f"llama-config-{case}"
+        llama.mkdir(exist_ok=True)
+        (llama / "config.json").write_text(json.dumps(hf_config_for(spec_for(case), CONFIG)))
+        assert vllm_len(AutoConfig.from_pretrained(llama)) == 4 * CONFIG["max_position_embeddings"]  # llama: × factor
+    else:
+        assert vllm_len(config) == N
+    assert (f"--context-length {N}" in rule("sglang", spec).flags) == capped
+    vllm = rule("vllm", spec)
+    if capped:
+        assert vllm.status == "unsupported"
+    else:
+        assert vllm.flags == (f"--max-model-len {N}" if case == "longrope" else "")
+
+
+@pytest.mark.parametrize("case", ["ntk", "linear", "yarn", "llama3", "per-pair"])
+def test_gemma3_sglang_cpu_amx_path_drops_the_scaling(case):
+    """SGLang's CPU backend on AMX hosts (Gemma3Attention.forward_cpu) rotates with the attention's own
+    get_rope(rope_scaling={"rope_type": "default"}) at the global rope_theta: only a plain rope survives there, and
+    the rule's note says so for every scaled kind."""
+    import torch
+    from sglang.srt.layers.rotary_embedding import get_rope
+    from transformers import AutoConfig
+
+    spec, export = gemma_spec(case), _gemma_export(case)
+    config = AutoConfig.from_pretrained(export)
+    n, d = spec.target_context, config.head_dim
+    rope = get_rope(d, rotary_dim=d, max_position=config.max_position_embeddings,
+                    base=config.rope_parameters["full_attention"]["rope_theta"], rope_scaling={"rope_type": "default"},
+                    is_neox_style=True)
+    diff = runtime_check._max_diff(lambda: (  # linear: an L-row table too (IndexError past it)
+        runtime_check._apply(rope, n, torch.from_numpy(runtime_check._query(n, d)))[0].numpy(),
+        _tf_gemma(export, n, "full_attention")))
+    same = isinstance(diff, float) and diff <= runtime_check.tolerance(n)
+    assert same == (spec.kind == "theta")
+    assert ("AMX" in rule("sglang", spec).note) == (spec.kind != "theta")
+
+
+def test_gemma3_mlx_takes_global_layers_from_the_pattern():
+    """mlx-lm's gemma3_text picks the global layers by sliding_window_pattern (default 6), not layer_types: right for
+    Gemma 3's own layout (every 6th layer), which the rope tests above use; another layout is run as the pattern's
+    (what its source names)."""
+    from mlx_lm.models import gemma3_text
+
+    config = json.loads((_gemma_export("yarn") / "config.json").read_text())
+    layout = [gemma3_text.Attention(gemma3_text.ModelArgs.from_dict(config), i).is_sliding for i in range(6)]
+    assert layout == [t == "sliding_attention" for t in config["layer_types"]] == [True] * 5 + [False]
+    other = {**config, "layer_types": ["full_attention"] + ["sliding_attention"] * 5}
+    assert [gemma3_text.Attention(gemma3_text.ModelArgs.from_dict(other), i).is_sliding for i in range(6)] == layout
+    assert "sliding_window_pattern, not layer_types" in rule("mlx-lm", gemma_spec("yarn")).source
+
+
+@pytest.mark.parametrize("case", GEMMA_CASES)
+def test_gemma3_llamacpp_rule_is_what_to_gguf_does(case):
+    """The llama.cpp column for Gemma 3 is formats/gguf_rope.py's own answer for the gemma3 arch: linear, ntk and
+    YaRN with the default attention factor are written; dynamic needs --static; the rest are refused."""
+    from ropeconvert.errors import UnsupportedError
+    from ropeconvert.formats.gguf_rope import gguf_rope
+
+    spec = gemma_spec(case)
+    r = rule("llama.cpp", spec)
+    try:
+        gguf_rope(spec, "gemma3")
+        writes = spec.kind != "dynamic"
+    except UnsupportedError:
+        writes = False
+    assert (r.status == "flags") == writes, r
+    assert writes == (case in ("linear", "ntk", "yarn")), case  # custom betas or mscale: refused
+    if spec.kind == "dynamic":
+        gguf_rope(spec, "gemma3", static=True)  # `--static` bakes it
+        assert "--static" in r.note
+
+
+# mistral.rs runs whole models: a tiny random Gemma 3 (6 layers, 5 sliding + 1 global, window 32, original context
+# 256, sliding base 20000) with its weights sharpened so that log-probs depend on the rope
+GEMMA_WHOLE = ("ntk", "linear", "yarn", "llama3", "dynamic", "longrope", "per-pair")
+
+
+@pytest.fixture(scope="module")
+def sharp_gemma(work, small_tokenizer) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = work / "gemma"
+    make_tiny_model(out, small_tokenizer, model_type="gemma3_text", original_context=256, rope_theta=1000000.0,
+                    layers=6, sliding_window=32, rope_local_base_freq=20000.0, query_pre_attn_scalar=16,
+                    pad_token_id=0, architectures=["Gemma3ForCausalLM"])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p *= 5.0
+            elif name.endswith(("q_norm.weight", "k_norm.weight")):  # Gemma's norms multiply by 1 + w: Q, K × 5
+                p += 4.0
+    model.save_pretrained(out)
+    return out
+
+
+def _mistralrs_gemma(export: Path, prompts, reference) -> dict:
+    """mistral.rs's Gemma 3 loader (Which.Plain refuses Gemma3ForCausalLM), float32, prefix cache off: per length, the
+    max |Δ| of its top-10 next log-probs against transformers'."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("MISTRALRS_CPU_KV_F32", "1")
+    from mistralrs import ChatCompletionRequest, ModelDType, MultimodalArchitecture, Runner, Which
+
+    with tempfile.TemporaryDirectory(prefix="ropeconvert-test-") as tmp:
+        (Path(tmp) / "raw.jinja").write_text(runtime_check.RAW_TEMPLATE)
+        try:
+            runner = Runner(Which.MultimodalPlain(model_id=str(export), arch=MultimodalArchitecture.Gemma3,
+                                                  dtype=ModelDType.F32), jinja_explicit=f"{tmp}/raw.jinja",
+                            prefix_cache_n=0)
+        except Exception as e:
+            return {"loads": runtime_check._why(e)}
+        row = {"loads": True, "max_sequence_length": int(runner.max_sequence_length())}
+        for key, (text, ids) in prompts.items():
+            row[key] = runtime_check._max_diff(lambda: runtime_check._top(runner, ChatCompletionRequest(
+                messages=text, model="export", logprobs=True, top_logprobs=10, max_tokens=1, temperature=0.0),
+                len(ids), reference[key][1]))
+    return row
+
+
+@pytest.mark.parametrize("case", GEMMA_WHOLE)
+def test_gemma3_mistralrs_equals_transformers_or_is_declared(sharp_gemma, case):
+    """The export loaded by mistral.rs's Gemma 3 model: ntk runs as in transformers below, just past and at the
+    target length; linear runs as in transformers but only up to max_position_embeddings (the original length); every
+    other rope_scaling type is refused by its config parser."""
+    spec = gemma_spec(case, read_config(sharp_gemma))
+    export, _ = write_hf_export(sharp_gemma, spec, sharp_gemma.with_name(f"gemma-{case}"), progress=False, link=True)
+    L = spec.original_context
+    prompts = runtime_check._prompts(export, {"short": L // 2, "edge": L + 1, "long": spec.target_context})
+    reference = runtime_check._reference(export, prompts)
+    row, expected = _mistralrs_gemma(export, prompts, reference), rule("mistral.rs", spec)
+    tol = runtime_check.LOGPROB_TOLERANCE["mistral.rs"]
+    if expected.status == "unsupported":
+        assert "did not match any variant of untagged enum Gemma3Config" in row["loads"], row
+        return
+    assert row["max_sequence_length"] == (L if spec.kind == "linear" else spec.target_context), row
+    assert row["short"] <= tol, row  # global and sliding layers as transformers computes them
+    if expected.status == "flags":
+        assert row["edge"] <= tol and row["long"] <= tol, row
+    else:  # linear: max_position_embeddings stays the original, its limit
+        assert "greater than" in row["edge"] and "greater than" in row["long"], row
+        assert any(w.startswith("RUNTIME: mistral.rs") for w in export_warnings(spec))
+
+
+def test_gemma3_mistralrs_needs_its_gemma3_loader_and_sliding_layers_stay_unscaled(sharp_gemma):
+    """Which.Plain (what check-runtimes uses) refuses the text-only Gemma 3 class, and mistral.rs's sliding layers
+    read rope_local_base_freq (20000) unscaled: transformers with the sliding layers scaled too, or at 10000, is far
+    from it where the export itself is within tolerance (test above)."""
+    import shutil
+
+    from mistralrs import ModelDType, Runner, Which
+
+    spec = gemma_spec("linear", read_config(sharp_gemma))
+    export = sharp_gemma.with_name("gemma-linear-keys")
+    write_hf_export(sharp_gemma, spec, export, progress=False, link=True)
+    with pytest.raises(Exception, match="Gemma3ForCausalLM"):
+        Runner(Which.Plain(model_id=str(export), dtype=ModelDType.F32))
+    manifest = json.loads((export / "ropeconvert.json").read_text())  # the export records the Gemma 3 rules
+    assert manifest["runtimes"]["vllm"]["status"] == "unsupported" and "sliding" in manifest["runtimes"]["vllm"]["note"]
+    assert manifest["runtimes"]["mistral.rs"]["flags"].startswith("Which.MultimodalPlain")
+    prompts = runtime_check._prompts(export, {"short": spec.original_context // 2})
+    config = json.loads((export / "config.json").read_text())
+    wrong = {"scaled": {"rope_type": "linear", "factor": 4.0, "rope_theta": 20000.0},
+             "10000": {"rope_type": "default", "rope_theta": 10000.0}}
+    for name, sliding in wrong.items():
+        other = export.with_name(f"gemma-linear-sliding-{name}")
+        shutil.copytree(export, other)
+        (other / "config.json").write_text(json.dumps({**config, "rope_local_base_freq": sliding["rope_theta"],
+                                                       "rope_parameters": {**config["rope_parameters"],
+                                                                           "sliding_attention": sliding}}))
+        row = _mistralrs_gemma(export, prompts, runtime_check._reference(other, prompts))
+        assert row["short"] > 100 * runtime_check.LOGPROB_TOLERANCE["mistral.rs"], (name, row)
+
+
+def test_gemma3_rules_say_what_was_measured():
+    """The matrix for Gemma 3 as found above, kind by kind; other archs keep their own rules (the tests above)."""
+    table = {case: {name: rule(name, gemma_spec(case)).status for name in RUNTIMES} for case in GEMMA_CASES}
+    E, F, P, U = "exact", "flags", "partial", "unsupported"
+    want = {  # transformers, vLLM, SGLang, mlx-lm, mistral.rs, llama.cpp
+        "ntk": (E, E, E, E, F, F), "linear": (E, U, F, E, P, F), "dynamic": (E, U, F, E, U, U),
+        "yarn": (E, E, E, E, U, F), "yarn-betas-mscale": (E, E, E, E, U, U), "yarn-attention-1.5": (E, E, E, E, U, U),
+        "yarn-attention-as-factor": (E, E, E, P, U, U), "llama3": (E, E, E, E, U, U),
+        "longrope": (E, P, P, P, U, U), "longrope-attention-1.3": (E, P, P, P, U, U),
+        "per-pair": (E, F, E, P, U, U), "per-pair-attention-1.25": (E, F, E, P, U, U)}
+    assert table == {case: dict(zip(RUNTIMES, row)) for case, row in want.items()}
+    llama = rule("mistral.rs", spec_for("llama3"))  # the llama arch's rules are untouched
+    assert llama.status == "exact" and rule("vllm", spec_for("linear")).status == "exact"
+    assert "--method yarn or ntk" in rule("vllm", gemma_spec("linear")).note
+    assert rule("mistral.rs", gemma_spec("ntk")).flags.startswith("Which.MultimodalPlain")
+    assert all(w.startswith("RUNTIME: ") for w in export_warnings(gemma_spec("linear")))

@@ -4,12 +4,11 @@ random query at positions 0..T-1 for T below the original length, just past it a
 dynamic ropes depend on T). mistral.rs and llama.cpp run whole models: log-probs of the same Austen tokens vs
 transformers (float32). mistral.rs loads the export (float32, f32 KV cache, pass-through chat template); its chat
 requests' `logprobs`/`top_logprobs` are its Python package's only log-probs (completions have none; no prompt
-log-probs or logits): the top-10 after the prompt. llama.cpp runs the GGUF `--to gguf` writes from the export, every
-token compared. formats/runtimes.py says what each should do; the matrix shows both."""
+log-probs or logits): the top-10 after the prompt. llama.cpp runs the export's `--to gguf` GGUF, every token
+compared. formats/runtimes.py says what each should do; the matrix shows both. Gemma 3: tests/test_runtimes.py."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
 import io
 import json
@@ -237,10 +236,9 @@ def _llamacpp(export: Path, spec, prompts, reference) -> dict[str, Any]:
 def check_runtimes(export: Path, runtimes: tuple[str, ...] = MEASURED, spec=None) -> dict[str, Any]:
     """{runtime: {rule, installed, short/edge/long (|Δ| vs transformers, or an error), match}} + the lengths."""
     from ropeconvert.convert.spec import POSITION_MAP
-    from ropeconvert.formats.runtimes import RUNTIMES, rule
+    from ropeconvert.formats.runtimes import RUNTIMES, local_rope, rule
 
-    export = Path(export)
-    spec = spec or export_spec(export)
+    export, spec = Path(export), spec or export_spec(Path(export))
     L = spec.original_context
     # below the original length, one token past it (where long/short ropes switch) and the target length
     lengths = {"short": max(2, L // 2), "edge": L + 1, "long": spec.target_context}
@@ -257,6 +255,8 @@ def check_runtimes(export: Path, runtimes: tuple[str, ...] = MEASURED, spec=None
             row["skipped"] = "not installed (pip install 'ropeconvert[runtimes]')"
         elif spec.kind == POSITION_MAP and name != "transformers":  # the map lives in ropeconvert's attention
             row["skipped"] = f"not supported: {r.note}"
+        elif local_rope(spec):
+            row["skipped"] = "per-layer-type ropes (Gemma 3) are not measured by check-runtimes yet"
         elif name in WHOLE_MODEL and not any(export.glob("*.safetensors")):
             row["skipped"] = "the export has no weights (config.json only)"
         elif name in WHOLE_MODEL:
