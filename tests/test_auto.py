@@ -222,3 +222,9 @@ def test_candidates_follow_the_writers(tiny64, tiny_qwen2, tmp_path):
     phi3 = make_tiny_model(tmp_path / "phi3", Path(tiny64), model_type="phi3", original_context=ORIGINAL,
                            pad_token_id=0)
     assert names(phi3, "hf") == ["ntk", "longrope"]
+    gemma = make_tiny_model(tmp_path / "gemma3", Path(tiny64), model_type="gemma3_text", original_context=ORIGINAL,
+                            layers=2, layer_types=["sliding_attention", "full_attention"], sliding_window=32,
+                            query_pre_attn_scalar=16, pad_token_id=0)
+    # Gemma 3: llama.cpp's gemma3 graph takes no per-pair factors; the DPE attention does not run it
+    assert names(gemma, "gguf") == ["linear", "ntk", "yarn"]
+    assert names(gemma, "hf") == ["linear", "ntk", "dynamic", "yarn", "longrope", "llama3"]
