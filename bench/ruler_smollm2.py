@@ -93,8 +93,9 @@ def report(task, prepared, runs, names, original, model: str) -> list[str]:
     """Markdown: scores per model, averages and effective lengths (absolute and relative), wall seconds."""
     from dataclasses import replace
 
-    records = {n: task.record(prepared, runs["base"], runs[n]) for n in names}
-    relative = {n: task.record(replace(prepared, threshold="base"), runs["base"], runs[n]) for n in names}
+    base = runs.get("base") or runs[names[0]]  # without the base (--models selfextend): no relative threshold
+    records = {n: task.record(prepared, base, runs[n]) for n in names}
+    relative = {n: task.record(replace(prepared, threshold="base"), base, runs[n]) for n in names}
     lengths = prepared.lengths
     head = "| task | " + " | ".join(f"{m} {n}" for n in lengths for m in names) + " |"
     lines = [f"RULER, {model} (trained {original}), {prepared.per_task} samples per task and length; "
@@ -108,8 +109,9 @@ def report(task, prepared, runs, names, original, model: str) -> list[str]:
         a, r = records[m]["effective_length"], relative[m]["effective_length"]
         band = [records[m]["intervals"]["extended"][t] for t in prepared.tasks]
         widest = max(hi - lo for row in band for lo, hi in row)
-        lines.append(f"- {m}: effective length {a['extended']['label']} (threshold {a['threshold']:g}); "
-                     f"{r['extended']['label']} (relative: {r['threshold']:.1f}, the base at {r['threshold_at']}); "
+        rel = (f"{r['extended']['label']} (relative: {r['threshold']:.1f}, the base at {r['threshold_at']}); "
+               if "base" in runs else "")
+        lines.append(f"- {m}: effective length {a['extended']['label']} (threshold {a['threshold']:g}); {rel}"
                      f"widest 95% interval of a task score {widest:.0f} points")
     lines += ["", "Wall seconds per (task, length), " + ", ".join(names) + ":", ""]
     for t in prepared.tasks:

@@ -6,7 +6,9 @@ read identically by transformers 4.x (`rope_scaling`) and 5.x (where a legacy `r
 `rope_parameters`), vLLM and SGLang: top-level `rope_theta`; the dict under `rope_scaling` with `rope_type` and the
 same `type`, `rope_theta` repeated inside, float factors; `original_max_position_embeddings` consistent at top level;
 `max_position_embeddings` = target, except = original for the linear and dynamic kinds (both of which multiply it by
-`factor` in vLLM/SGLang, and transformers' dynamic NTK switches on past it). A kind with no native rope_type
+`factor` in vLLM/SGLang, and transformers' dynamic NTK switches on past it) — for Gemma 3 (`local_rope`) only for
+dynamic: its runtimes never apply the factor, so linear gets the target and a top-level
+`original_max_position_embeddings` that reads it back. A kind with no native rope_type
 (per_pair, or a method that declares none) gets the generic per-pair form, longrope with long = short factors.
 Reading back is driven by the same table: rope_type → the method that declared it.
 
@@ -37,6 +39,7 @@ from ropeconvert.formats.dpe_format import hf_config as position_map_config
 # keys that describe the rope; everything else in config.json is carried over untouched
 _ROPE_KEYS = ("rope_scaling", "rope_parameters", "original_max_position_embeddings", "rope_local_base_freq")
 _MAX_POS_ORIGINAL = (LINEAR, DYNAMIC)  # kinds whose max_position_embeddings stays the original length
+_MAX_POS_ORIGINAL_LOCAL = (DYNAMIC,)  # the same for local-rope archs (Gemma 3: runtimes.py `_local_rope_rule`)
 
 
 def rope_dict(config: dict[str, Any]) -> dict[str, Any]:
@@ -108,9 +111,10 @@ def hf_config_for(spec: RopeSpec, config: dict[str, Any]) -> dict[str, Any]:
         rope["type"] = rope["rope_type"]
         rope["rope_theta"] = float(spec.rope_theta)
     out["rope_scaling"] = rope
-    if needs_original:
+    original = _MAX_POS_ORIGINAL_LOCAL if arch is not None and arch.local_rope else _MAX_POS_ORIGINAL
+    if needs_original or (spec.kind in _MAX_POS_ORIGINAL and spec.kind not in original):
         out["original_max_position_embeddings"] = L
-    out["max_position_embeddings"] = int(L if spec.kind in _MAX_POS_ORIGINAL else target)
+    out["max_position_embeddings"] = int(L if spec.kind in original else target)
     return _layer_ropes(out, config, arch)
 
 

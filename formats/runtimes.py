@@ -34,13 +34,16 @@ _LCPP = "llama.cpp convert_hf_to_gguf.py (measured in issue 18); ropeconvert --t
 _VLLM_G3 = ("vllm/model_executor/models/gemma3.py Gemma3Attention.__init__ "
             "(get_rope(config.rope_parameters[layer_type]))")
 _VLLM_G3_LEN = "vllm/config/model.py _get_and_verify_max_len (gemma3: max_position_embeddings, factor not applied)"
+_VLLM_G3_TABLE = "models/gemma3.py get_rope(max_position=config.max_position_embeddings): both layer types' tables"
 _SGL_G3 = ("sglang/srt/models/gemma3_causal.py Gemma3TextModel.__init__ → Gemma3RotaryEmbedding (transformers' "
            "ROPE_INIT_FUNCTIONS on rope_parameters['full_attention'], default rope at ['sliding_attention'])")
-_SGL_G3_LEN = "sglang/srt/utils/hf_transformers/common.py get_context_length (a nested rope_scaling has no factor)"
+_SGL_G3_LEN = ("sglang/srt/utils/hf_transformers/common.py get_context_length (max_position_embeddings: a nested "
+               "rope_scaling has no factor)")
 _MLX_G3 = ("mlx_lm/models/gemma3_text.py Attention.__init__ (rope_theta + rope_scaling, rope_local_base_freq; global "
            "layers by sliding_window_pattern, not layer_types) → rope_utils.py initialize_rope")
 _MRS_G3 = ("mistral.rs 0.9.5 Gemma3 (Which.MultimodalPlain, arch Gemma3): Gemma3TextConfig deserialisation (reads "
-           "rope_theta, rope_scaling, rope_local_base_freq), measured by loading exports")
+           "rope_theta, rope_scaling, rope_local_base_freq; max_position_embeddings is its limit, "
+           "Runner.max_sequence_length), measured by loading exports")
 _MRS_G3_FLAGS = "Which.MultimodalPlain(arch=MultimodalArchitecture.Gemma3), prefix_cache_n=0"
 _MRS_G3_NOTE = ("Which.Plain refuses Gemma3ForCausalLM; its prefix cache gives NaN logits for a prompt extending a "
                 "cached one (measured on CPU, the base model too)")
@@ -130,37 +133,36 @@ def local_rope(spec: RopeSpec) -> bool:
 def _local_rope_rule(runtime: str, spec: RopeSpec, gguf_arch: str) -> Rule:
     """Gemma 3: only the global layers carry the extension; the sliding ones must keep rope_local_base_freq unscaled.
     vLLM, SGLang, mlx-lm and mistral.rs all build the sliding layers' rope that way (tests/test_runtimes.py measures
-    both layer types); they differ in how they build the global rope and how long a prompt they allow."""
+    both layer types); they differ in how they build the global rope and how long a prompt they allow. None of them
+    multiplies max_position_embeddings by the factor for Gemma 3, so a linear export carries the target there
+    (formats/hf_config.py) and runs to it unflagged; a dynamic one keeps the original, transformers' NTK threshold."""
     k, custom_attention = spec.kind, "attention_factor" in spec.params
     L, N = spec.original_context, spec.target_context
     same = spec.short_factors is None or tuple(spec.short_factors) == tuple(spec.factors or ())
     amx = "; on SGLang's CPU backend with AMX (Gemma3Attention.forward_cpu) the global layers run unscaled"
     if runtime == "vllm":
-        if k in (LINEAR, DYNAMIC):  # both keep max_position_embeddings at the original length (formats/hf_config.py)
-            what = "" if k == LINEAR else f"DynamicNTKScalingRotaryEmbedding bakes one {L}-row table at the " \
-                                          "original base; "
-            return Rule("unsupported", f"{what}vLLM's gemma3 takes max_position_embeddings ({L}) as max_model_len "
-                        f"without the factor, and its sliding layers' rope table has {L} rows (IndexError past it): "
-                        "use --method yarn or ntk", _VLLM_G3 + "; " + _VLLM_G3_LEN)
+        if k == DYNAMIC:  # max_position_embeddings stays the original length here (formats/hf_config.py)
+            return Rule("unsupported", f"DynamicNTKScalingRotaryEmbedding bakes one {L}-row table at the original "
+                        f"base; vLLM's gemma3 takes max_position_embeddings ({L}) as max_model_len without the factor, "
+                        f"and its sliding layers' rope table has {L} rows (IndexError past it): use --method yarn or "
+                        "ntk", _VLLM_G3 + "; " + _VLLM_G3_LEN)
         if k in (LONGROPE, PER_PAIR):  # as for other archs: max_model_len defaults to the original length
             return Rule("flags" if same else "partial", "" if same else "uses the long factors at every length "
                         f"(transformers: short ones up to {L} tokens)", _VLLM_G3 + "; phi3_long_rope_scaled_rope.py",
                         f"--max-model-len {N}")
-        return Rule("exact", "", _VLLM_G3 + "; " + _VLLM_G3_LEN)
+        return Rule("exact", "", _VLLM_G3 + "; " + _VLLM_G3_LEN + ("; " + _VLLM_G3_TABLE if k == LINEAR else ""))
     if runtime == "sglang":
         scaled = amx[2:] if k != THETA else ""
-        if k in (LINEAR, DYNAMIC):
-            note = f"derives a context length of {L} (max_position_embeddings)"
-            flags = f"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 --context-length {N}"
-            if k == DYNAMIC:  # the base is recomputed in Python, which a replayed CUDA graph does not run
-                note += ("; its rope recomputes the base in Python (_dynamic_frequency_update), which CUDA-graph "
-                         "decode would not rerun (read, not measured)")
-                flags += " --disable-cuda-graph"
-            return Rule("flags", note + amx, _SGL_G3 + "; " + _SGL_G3_LEN, flags)
+        if k == DYNAMIC:  # the base is recomputed in Python, which a replayed CUDA graph does not run
+            return Rule("flags", f"derives a context length of {L} (max_position_embeddings, the original: "
+                        "transformers' dynamic threshold); its rope recomputes the base in Python "
+                        "(_dynamic_frequency_update), which CUDA-graph decode would not rerun (read, not measured)"
+                        + amx, _SGL_G3 + "; " + _SGL_G3_LEN,
+                        f"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 --context-length {N} --disable-cuda-graph")
         if k in (LONGROPE, PER_PAIR) and not same:
             return Rule("partial", f"uses the short factors at every length (no long/short switch; transformers: "
                         f"long ones past {L} tokens){amx}", _SGL_G3)
-        return Rule("exact", scaled, _SGL_G3)
+        return Rule("exact", scaled, _SGL_G3 + ("; " + _SGL_G3_LEN if k == LINEAR else ""))
     if runtime == "mlx-lm":  # the global layers run the same initialize_rope as the other archs
         if k in (LONGROPE, PER_PAIR):
             from ropeconvert.convert.methods.longrope import su_attention_factor
@@ -176,11 +178,8 @@ def _local_rope_rule(runtime: str, spec: RopeSpec, gguf_arch: str) -> Rule:
             return Rule("partial", "ignores this attention factor (it has no mscale form)", _MLX_G3 + " → YarnRoPE")
         return Rule("exact", "", _MLX_G3)
     if runtime == "mistral.rs":
-        if k == THETA:
+        if k in (THETA, LINEAR):  # its limit is max_position_embeddings: the target for both (formats/hf_config.py)
             return Rule("flags", _MRS_G3_NOTE, _MRS_G3, _MRS_G3_FLAGS)
-        if k == LINEAR:
-            return Rule("partial", f"reads max_position_embeddings ({L}) as its limit: prompts past it are refused; "
-                        + _MRS_G3_NOTE, _MRS_G3, _MRS_G3_FLAGS)
         return Rule("unsupported", f"its Gemma 3 config takes rope_scaling type linear only (refuses "
                     f"{_hf_type(k)!r}): use --method ntk", _MRS_G3)
     if runtime == "llama.cpp":  # what `--to gguf` writes for this arch, or its refusal (formats/gguf_rope.py)

@@ -180,6 +180,12 @@ def test_gemma3_extends_the_global_layers_only(tmp_path, method, knobs):
     exported = hf_config_for(spec, config)
     assert exported["layer_types"].count("full_attention") == 1 and exported["sliding_window"] == 512
     assert exported["rope_parameters"]["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
+    # the runtimes take max_position_embeddings as Gemma 3's length unmultiplied (formats/runtimes.py): the target,
+    # except for dynamic, where transformers' NTK switches on past it (this test fails with the target there)
+    L, N = spec.original_context, spec.target_context
+    assert exported["max_position_embeddings"] == (L if method == "dynamic" else N)
+    if method == "linear":  # transformers' linear rope reads no length; the original is kept for reading back
+        assert exported["original_max_position_embeddings"] == L
     (tmp_path / "config.json").write_text(json.dumps(exported))
     local = 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64)
     for seq_len in (spec.original_context // 2, spec.original_context + 1, spec.target_context):
@@ -192,3 +198,4 @@ def test_gemma3_extends_the_global_layers_only(tmp_path, method, knobs):
     if method != "ntk":  # ntk is written as a plain rope with a new base: nothing to read back
         again = spec_from_hf_config(exported)
         np.testing.assert_allclose(again.inv_freq(spec.target_context), spec.inv_freq(spec.target_context), rtol=1e-12)
+        assert (again.original_context, again.target_context) == (L, N)

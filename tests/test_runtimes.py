@@ -407,7 +407,7 @@ def test_gemma3_rope_equals_transformers_or_is_declared(case, runtime):
     spec = gemma_spec(case)
     expected, rows = rule(runtime, spec), gemma_measured(case)[runtime]
     full, sliding = _ok(rows["full_attention"], spec), _ok(rows["sliding_attention"], spec)
-    if runtime == "vllm" and spec.kind in ("linear", "dynamic"):  # its sliding layers' rope table has L rows
+    if runtime == "vllm" and spec.kind == "dynamic":  # max_position_embeddings stays L: the sliding table has L rows
         assert sliding == {"short": True, "edge": False, "long": False}, rows
         assert "IndexError" in rows["sliding_attention"]["long"]
     else:
@@ -447,8 +447,10 @@ def test_gemma3_runtimes_read_the_exported_keys():
 @pytest.mark.parametrize("case", ["linear", "dynamic", "ntk", "yarn", "llama3", "longrope"])
 def test_gemma3_engine_lengths(case):
     """How long a prompt each engine allows: vLLM's gemma3 takes max_position_embeddings without multiplying it by
-    the factor (it does for llama), SGLang's get_context_length finds no factor in the nested rope_scaling; linear and
-    dynamic exports keep max_position_embeddings at the original length, so both cap them there."""
+    the factor (it does for llama), SGLang's get_context_length finds no factor in the nested rope_scaling. A linear
+    Gemma 3 export carries max_position_embeddings = the target (a llama one the original, which vLLM multiplies), so
+    both allow exactly the target unflagged; dynamic keeps the original (transformers' threshold), so both cap it
+    there."""
     import os
     from types import SimpleNamespace
 
@@ -468,8 +470,10 @@ def test_gemma3_engine_lengths(case):
         return _get_and_verify_max_len(config, arch, None, max_model_len, False, None)
 
     sglang = _sglang_source("srt/utils/hf_transformers/common.py", "CONTEXT_LENGTH_KEYS", "get_context_length")
+    raw = json.loads((_gemma_export(case) / "config.json").read_text())
     config = AutoConfig.from_pretrained(_gemma_export(case))
-    capped = spec.kind in ("linear", "dynamic")
+    capped = spec.kind == "dynamic"
+    assert raw["max_position_embeddings"] == (L if capped else N)
     assert sglang["get_context_length"](config) == (L if capped else N)
     if spec.kind == "longrope":  # vLLM's default for longrope is the original length, N with --max-model-len N
         assert vllm_len(config) == L and vllm_len(config, N) == N
@@ -477,18 +481,28 @@ def test_gemma3_engine_lengths(case):
         assert vllm_len(config) == L
         with pytest.raises(ValueError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
             vllm_len(config, N)
+    else:
+        assert vllm_len(config) == N and vllm_len(config, N) == N
+        with pytest.raises(ValueError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+            vllm_len(config, N + 1)  # exactly the target
+    if spec.kind in ("linear", "dynamic"):  # llama keeps the original for both, and vLLM multiplies it by the factor
         llama = WORK[0] / f"llama-config-{case}"
         llama.mkdir(exist_ok=True)
         (llama / "config.json").write_text(json.dumps(hf_config_for(spec_for(case), CONFIG)))
+        assert json.loads((llama / "config.json").read_text())["max_position_embeddings"] == L
         assert vllm_len(AutoConfig.from_pretrained(llama)) == 4 * CONFIG["max_position_embeddings"]  # llama: × factor
-    else:
-        assert vllm_len(config) == N
+    if spec.kind == "linear":  # the original length is kept beside it, so the export reads back as itself
+        from ropeconvert.formats.hf_config import spec_from_hf_config
+
+        assert raw["original_max_position_embeddings"] == L
+        again = spec_from_hf_config(raw)
+        assert (again.original_context, again.target_context) == (L, N)
     assert (f"--context-length {N}" in rule("sglang", spec).flags) == capped
     vllm = rule("vllm", spec)
     if capped:
         assert vllm.status == "unsupported"
     else:
-        assert vllm.flags == (f"--max-model-len {N}" if case == "longrope" else "")
+        assert vllm.status != "unsupported" and vllm.flags == (f"--max-model-len {N}" if case == "longrope" else "")
 
 
 @pytest.mark.parametrize("case", ["ntk", "linear", "yarn", "llama3", "per-pair"])
@@ -506,7 +520,7 @@ def test_gemma3_sglang_cpu_amx_path_drops_the_scaling(case):
     rope = get_rope(d, rotary_dim=d, max_position=config.max_position_embeddings,
                     base=config.rope_parameters["full_attention"]["rope_theta"], rope_scaling={"rope_type": "default"},
                     is_neox_style=True)
-    diff = runtime_check._max_diff(lambda: (  # linear: an L-row table too (IndexError past it)
+    diff = runtime_check._max_diff(lambda: (  # its table holds max_position_embeddings rows (dynamic: L)
         runtime_check._apply(rope, n, torch.from_numpy(runtime_check._query(n, d)))[0].numpy(),
         _tf_gemma(export, n, "full_attention")))
     same = isinstance(diff, float) and diff <= runtime_check.tolerance(n)
@@ -601,9 +615,9 @@ def _mistralrs_gemma(export: Path, prompts, reference) -> dict:
 
 @pytest.mark.parametrize("case", GEMMA_WHOLE)
 def test_gemma3_mistralrs_equals_transformers_or_is_declared(sharp_gemma, case):
-    """The export loaded by mistral.rs's Gemma 3 model: ntk runs as in transformers below, just past and at the
-    target length; linear runs as in transformers but only up to max_position_embeddings (the original length); every
-    other rope_scaling type is refused by its config parser."""
+    """The export loaded by mistral.rs's Gemma 3 model: ntk and linear run as in transformers below, just past and at
+    the target length, which is its limit (max_position_embeddings = the target for both); every other rope_scaling
+    type is refused by its config parser."""
     spec = gemma_spec(case, read_config(sharp_gemma))
     export, _ = write_hf_export(sharp_gemma, spec, sharp_gemma.with_name(f"gemma-{case}"), progress=False, link=True)
     L = spec.original_context
@@ -614,13 +628,12 @@ def test_gemma3_mistralrs_equals_transformers_or_is_declared(sharp_gemma, case):
     if expected.status == "unsupported":
         assert "did not match any variant of untagged enum Gemma3Config" in row["loads"], row
         return
-    assert row["max_sequence_length"] == (L if spec.kind == "linear" else spec.target_context), row
-    assert row["short"] <= tol, row  # global and sliding layers as transformers computes them
-    if expected.status == "flags":
-        assert row["edge"] <= tol and row["long"] <= tol, row
-    else:  # linear: max_position_embeddings stays the original, its limit
-        assert "greater than" in row["edge"] and "greater than" in row["long"], row
-        assert any(w.startswith("RUNTIME: mistral.rs") for w in export_warnings(spec))
+    assert expected.status == "flags" and expected.flags.startswith("Which.MultimodalPlain"), expected
+    assert row["max_sequence_length"] == spec.target_context, row
+    assert all(isinstance(row[k], float) and row[k] <= tol for k in prompts), row  # both layer types as transformers
+    base = runtime_check._reference(sharp_gemma, prompts)  # the unextended model: far from the export at every length
+    assert all(np.max(np.abs(np.asarray(reference[k][1]) - np.asarray(base[k][1]))) > 100 * tol for k in prompts)
+    assert not any(w.startswith("RUNTIME: mistral.rs") for w in export_warnings(spec))
 
 
 def test_gemma3_mistralrs_needs_its_gemma3_loader_and_sliding_layers_stay_unscaled(sharp_gemma):
@@ -637,7 +650,9 @@ def test_gemma3_mistralrs_needs_its_gemma3_loader_and_sliding_layers_stay_unscal
     with pytest.raises(Exception, match="Gemma3ForCausalLM"):
         Runner(Which.Plain(model_id=str(export), dtype=ModelDType.F32))
     manifest = json.loads((export / "ropeconvert.json").read_text())  # the export records the Gemma 3 rules
-    assert manifest["runtimes"]["vllm"]["status"] == "unsupported" and "sliding" in manifest["runtimes"]["vllm"]["note"]
+    assert {name: row["status"] for name, row in manifest["runtimes"].items()} == {
+        "transformers": "exact", "vllm": "exact", "sglang": "exact", "mlx-lm": "exact", "mistral.rs": "flags",
+        "llama.cpp": "flags"}
     assert manifest["runtimes"]["mistral.rs"]["flags"].startswith("Which.MultimodalPlain")
     prompts = runtime_check._prompts(export, {"short": spec.original_context // 2})
     config = json.loads((export / "config.json").read_text())
@@ -658,7 +673,7 @@ def test_gemma3_rules_say_what_was_measured():
     table = {case: {name: rule(name, gemma_spec(case)).status for name in RUNTIMES} for case in GEMMA_CASES}
     E, F, P, U = "exact", "flags", "partial", "unsupported"
     want = {  # transformers, vLLM, SGLang, mlx-lm, mistral.rs, llama.cpp
-        "ntk": (E, E, E, E, F, F), "linear": (E, U, F, E, P, F), "dynamic": (E, U, F, E, U, U),
+        "ntk": (E, E, E, E, F, F), "linear": (E, E, E, E, F, F), "dynamic": (E, U, F, E, U, U),
         "yarn": (E, E, E, E, U, F), "yarn-betas-mscale": (E, E, E, E, U, U), "yarn-attention-1.5": (E, E, E, E, U, U),
         "yarn-attention-as-factor": (E, E, E, P, U, U), "llama3": (E, E, E, E, U, U),
         "longrope": (E, P, P, P, U, U), "longrope-attention-1.3": (E, P, P, P, U, U),
@@ -666,6 +681,7 @@ def test_gemma3_rules_say_what_was_measured():
     assert table == {case: dict(zip(RUNTIMES, row)) for case, row in want.items()}
     llama = rule("mistral.rs", spec_for("llama3"))  # the llama arch's rules are untouched
     assert llama.status == "exact" and rule("vllm", spec_for("linear")).status == "exact"
-    assert "--method yarn or ntk" in rule("vllm", gemma_spec("linear")).note
-    assert rule("mistral.rs", gemma_spec("ntk")).flags.startswith("Which.MultimodalPlain")
-    assert all(w.startswith("RUNTIME: ") for w in export_warnings(gemma_spec("linear")))
+    assert "--method yarn or ntk" in rule("vllm", gemma_spec("dynamic")).note
+    assert all(rule("mistral.rs", gemma_spec(c)).flags.startswith("Which.MultimodalPlain") for c in ("ntk", "linear"))
+    assert export_warnings(gemma_spec("linear")) == []  # every runtime runs it to the target
+    assert all(w.startswith("RUNTIME: ") for w in export_warnings(gemma_spec("dynamic")))

@@ -74,6 +74,9 @@ def test_rope_table_follows_vllm_derived_length():
     assert rope_table({**CONFIG, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}) == 1024  # × factor
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}
     assert rope_table({**CONFIG, "max_position_embeddings": 1024, "rope_scaling": yarn}) == 1024  # already scaled
+    gemma = {**CONFIG, "model_type": "gemma3_text", "max_position_embeddings": 1024,  # vLLM's gemma3: no × factor
+             "rope_scaling": {"rope_type": "linear", "factor": 4.0}}
+    assert rope_table(gemma) == 1024
 
 
 # ---- complete routes through complete_ids ---------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def rope_table(config: dict[str, Any]) -> int:
     from ropeconvert.formats.hf_config import rope_dict, rope_type
 
     positions = int(config["max_position_embeddings"])
-    if rope_type(config) in _UNSCALED:
+    if rope_type(config) in _UNSCALED or _local_rope(config):  # vLLM's gemma3 takes no factor (formats/runtimes.py)
         return positions
     return int(positions * float(rope_dict(config).get("factor") or 1.0))
 
