@@ -118,10 +118,26 @@ def rule(runtime: str, spec: RopeSpec) -> Rule:
         if k == DYNAMIC:
             return Rule("unsupported", "llama.cpp has no dynamic NTK: `--to gguf --static` bakes NTK at the target",
                         "formats/gguf_rope.py")
+        refused = _gguf_refusal(spec)
+        if refused:  # e.g. llama3 on qwen2, whose graph takes no per-pair factors
+            return Rule("unsupported", f"`--to gguf` refuses it: {refused}", "formats/gguf_rope.py gguf_rope")
         hf_converter_ok = k in (LINEAR, THETA, LLAMA3) or (k == YARN and not _yarn_custom(spec))
         note = "" if hf_converter_ok else "llama.cpp's own converter mis-writes this rope from the HF export"
         return Rule("flags", note, _LCPP, "ropeconvert ... --to gguf")
     raise KeyError(runtime)
+
+
+def _gguf_refusal(spec: RopeSpec) -> str | None:
+    """Why `--to gguf` cannot write this spec for its architecture (formats/gguf_rope.py), or None."""
+    from ropeconvert.errors import UnsupportedError
+    from ropeconvert.formats.gguf_rope import gguf_rope
+
+    arch = MODEL_TYPES.get(spec.base.arch)
+    try:
+        gguf_rope(spec, arch.gguf if arch is not None else "llama")
+    except UnsupportedError as e:
+        return e.problem
+    return None
 
 
 def local_rope(spec: RopeSpec) -> bool:

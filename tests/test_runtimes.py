@@ -685,3 +685,17 @@ def test_gemma3_rules_say_what_was_measured():
     assert all(rule("mistral.rs", gemma_spec(c)).flags.startswith("Which.MultimodalPlain") for c in ("ntk", "linear"))
     assert export_warnings(gemma_spec("linear")) == []  # every runtime runs it to the target
     assert all(w.startswith("RUNTIME: ") for w in export_warnings(gemma_spec("dynamic")))
+
+
+def test_llamacpp_rule_follows_what_to_gguf_writes_for_the_arch():
+    """qwen2's llama.cpp graph takes no per-pair factors: llama3 there is `--to gguf`'s refusal, not "flags"."""
+    from ropeconvert.convert.methods import build_spec
+    from ropeconvert.convert.spec import BaseRope
+    from ropeconvert.formats.runtimes import rule
+
+    for arch, status in (("qwen2", "unsupported"), ("llama", "flags"), ("phi3", "flags")):
+        spec = build_spec("llama3", BaseRope(64, 64, 1e6, 4096, arch), factor=4.0)
+        r = rule("llama.cpp", spec)
+        assert r.status == status, (arch, r)
+    assert "cannot express llama3" in rule("llama.cpp", build_spec("llama3", BaseRope(64, 64, 1e6, 4096, "qwen2"),
+                                                                     factor=4.0)).note
