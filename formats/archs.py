@@ -72,6 +72,19 @@ def for_model_type(model_type: object, *, purpose: str = "") -> Arch:
     return MODEL_TYPES[model_type]  # type: ignore[index]
 
 
+def keeps_local_rope(model_type: object) -> bool:
+    """The HF model type's sliding layers keep a rope of their own (Gemma 3: formats/gemma3.py)."""
+    arch = MODEL_TYPES.get(model_type)  # type: ignore[arg-type]
+    return arch is not None and arch.local_rope
+
+
+def window_to_lift(config: dict) -> int | None:
+    """The sliding window a long-context evaluation lifts (pitfall 14: Mistral's would hide everything past 4k from
+    the test), or None: none set, or Gemma 3's, which is part of the model (its sliding layers keep their rope)."""
+    window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+    return None if not window or keeps_local_rope(config.get("model_type")) else int(window)
+
+
 def for_gguf(arch: object) -> Arch:
     if arch not in ARCHS:
         raise UnsupportedError(f"unsupported GGUF architecture {arch!r}", f"supported: {', '.join(ARCHS)}")

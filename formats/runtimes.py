@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ropeconvert.convert.spec import DYNAMIC, LINEAR, LLAMA3, LONGROPE, PER_PAIR, POSITION_MAP, THETA, YARN, RopeSpec
-from ropeconvert.formats.archs import MODEL_TYPES
+from ropeconvert.formats.archs import MODEL_TYPES, keeps_local_rope
 
 RUNTIMES = ("transformers", "vllm", "sglang", "mlx-lm", "mistral.rs", "llama.cpp")
 LABELS = {"transformers": "transformers", "vllm": "vLLM", "sglang": "SGLang", "mlx-lm": "mlx-lm",
@@ -142,8 +142,7 @@ def _gguf_refusal(spec: RopeSpec) -> str | None:
 
 def local_rope(spec: RopeSpec) -> bool:
     """The spec's model keeps a rope of its own on its sliding layers (Gemma 3: formats/gemma3.py)."""
-    arch = MODEL_TYPES.get(spec.base.arch)
-    return arch is not None and arch.local_rope
+    return keeps_local_rope(spec.base.arch)
 
 
 def _local_rope_rule(runtime: str, spec: RopeSpec, gguf_arch: str) -> Rule:

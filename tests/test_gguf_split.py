@@ -9,7 +9,6 @@ them out: every key/value of the model in the first shard, `split.no` (u16), `sp
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -240,7 +239,7 @@ def test_a_renamed_shard_is_refused(shards, tmp_path):
                                                  "PREFIX-00001-of-00003.gguf")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+@pytest.mark.llamacpp  # make install always installs it: a missing llama.cpp fails here, it is not skipped
 def test_llama_cpp_runs_the_split_and_the_merged_export(shards, plain, from_plain, env, tmp_path):
     from ropeconvert.validators.llamacpp import gguf_eval, gguf_info
 

@@ -132,3 +132,27 @@ def test_cuda_runtime_is_bf16_sdpa_and_close_to_cpu(tiny_llama):
     got = _logits(gpu.model, ids.cuda()).cpu()
     want = _logits(cpu.model, ids)
     assert (got - want).abs().max() < 0.1 * want.abs().max()
+
+
+@pytest.mark.parametrize("config, lifted", [
+    ({"model_type": "mistral", "sliding_window": 4096}, 4096),  # pitfall 14: it would hide the haystack past 4k
+    ({"model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": False}, None),  # set but off
+    ({"model_type": "mistral", "sliding_window": None}, None),
+    ({"model_type": "gemma3_text", "sliding_window": 512}, None),  # part of the model: its layers keep their rope
+])
+def test_the_window_a_long_context_evaluation_lifts(config, lifted):
+    from ropeconvert.formats.archs import window_to_lift
+
+    assert window_to_lift(config) == lifted
+
+
+def test_a_mistral_window_is_lifted_on_load(tmp_path, small_tokenizer):
+    from conftest import make_tiny_model
+
+    model_dir = make_tiny_model(tmp_path / "mistral", small_tokenizer, model_type="mistral", sliding_window=64)
+    runtime = rt.load(model_dir, device="cpu")
+    try:
+        assert runtime.model.config.sliding_window is None
+        assert "sliding window (64) disabled for long-context evaluation" in runtime.notes
+    finally:
+        runtime.close()

@@ -22,6 +22,7 @@ from torch import nn
 
 from ropeconvert.convert.spec import BaseRope, RopeSpec
 from ropeconvert.errors import InputError, UnsupportedError
+from ropeconvert.formats.archs import window_to_lift
 
 _ORIGINAL = "_ropeconvert_original_rotary"  # where set_rope keeps the module the model was loaded with
 
@@ -196,10 +197,9 @@ def load(model: str | Path, spec: RopeSpec | None = None, *, device: str | None 
         own_spec = spec_from_hf_config(config, original_context)
         tokenizer = AutoTokenizer.from_pretrained(path)
         kwargs = {}
-        if config.get("sliding_window") and config.get("use_sliding_window", True) and not _local_rope(config):
-            # pitfall 14: Mistral's sliding window would hide everything past 4k from a long-context test
+        if window := window_to_lift(config):
             kwargs["sliding_window"] = None
-            notes.append(f"sliding window ({config['sliding_window']}) disabled for long-context evaluation")
+            notes.append(f"sliding window ({window}) disabled for long-context evaluation")
         if "dpe" in config:  # a DPE / Self-Extend export: its own attention (registered by `import ropeconvert`)
             from ropeconvert.validators.dpe_register import ATTN_NAME as attn
         else:
@@ -223,11 +223,3 @@ def _read_config(path: Path) -> dict:
     from ropeconvert.formats.source import read_config
 
     return read_config(path)
-
-
-def _local_rope(config) -> bool:
-    """Gemma 3's sliding layers are part of the model (only its global layers are extended): keep their window."""
-    from ropeconvert.formats.archs import MODEL_TYPES
-
-    arch = MODEL_TYPES.get(config.get("model_type"))
-    return arch is not None and arch.local_rope

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ropeconvert.errors import InputError
+from ropeconvert.formats.archs import keeps_local_rope, window_to_lift
 
 DTYPE = "bfloat16"
 # vLLM's get_rope tables hold max_position_embeddings rows for these rope types (vllm/config/model.py
@@ -61,7 +62,8 @@ def rope_table(config: dict[str, Any]) -> int:
     from ropeconvert.formats.hf_config import rope_dict, rope_type
 
     positions = int(config["max_position_embeddings"])
-    if rope_type(config) in _UNSCALED or _local_rope(config):  # vLLM's gemma3 takes no factor (formats/runtimes.py)
+    # vLLM's gemma3 takes no factor (formats/runtimes.py)
+    if rope_type(config) in _UNSCALED or keeps_local_rope(config.get("model_type")):
         return positions
     return int(positions * float(rope_dict(config).get("factor") or 1.0))
 
@@ -91,10 +93,9 @@ class VllmRuntime:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)  # never remote code
         self._eos = _eos_ids(self.path, config, self.tokenizer)
         overrides: dict[str, Any] = {}
-        if config.get("sliding_window") and config.get("use_sliding_window", True) and not _local_rope(config):
-            # as the transformers runtime (pitfall 14): a sliding window would hide the haystack past it
+        if window := window_to_lift(config):  # as the transformers runtime: it would hide the haystack past it
             overrides["sliding_window"] = None
-            self.notes.append(f"sliding window ({config['sliding_window']}) disabled for long-context evaluation")
+            self.notes.append(f"sliding window ({window}) disabled for long-context evaluation")
         table = rope_table(config)
         if rope_type(config) == "default" and max_model_len > table:
             # A plain rope's frequencies never read max_position_embeddings; vLLM sizes its cos/sin table by it
@@ -204,11 +205,3 @@ def _allow_long_max_model_len():
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
-
-
-def _local_rope(config) -> bool:
-    """Gemma 3's sliding layers are part of the model (only its global layers are extended): keep their window."""
-    from ropeconvert.formats.archs import MODEL_TYPES
-
-    arch = MODEL_TYPES.get(config.get("model_type"))
-    return arch is not None and arch.local_rope
