@@ -13,6 +13,10 @@ Resumable: a finished auto run and each (target, candidate) held-out score are k
 when rerun; an interrupted auto run continues with --resume. Writes OUT/auto.md (printed too); --append-results
 appends it to bench/RESULTS.md.
 
+Longer than a session (32k on 2 CPU cores is hours): put OUT in the tracked folder bench/checkpoints/ and commit its
+JSON (results.json, auto-N.gguf.auto/: the auto and search checkpoints, no machine paths; the GGUF export itself is
+ignored and rebuilt) at the end of each session; the next checkout reruns the same command and continues.
+
 CPU run (hours: one 16k forward of the 135M model is minutes on 2 shared cores, 32k about four times that):
 
     nohup nice -n 10 python bench/auto_smollm2.py > bench/out/auto-smollm2.log 2>&1 &
@@ -62,8 +66,10 @@ def main() -> None:
     sections = []
     for target in (int(n) for n in args.targets.split(",")):
         export = out / (f"auto-{target}.gguf" if args.to == "gguf" else f"auto-{target}")
+        # the command is recorded (and compared on a rerun) with the export relative to the working directory, so a
+        # checkpoint folder committed in one session resumes in another checkout (and holds no machine path)
         cmd = [str(args.model), "--method", "auto", "--target-context", str(target), "--to", args.to, "--out",
-               str(export), "-q"] + [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+               _relative(export), "-q"] + [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
         cmd += ["--text", text] if args.text else ["--corpus", args.corpus]
         rec = results.get(export.name)  # keyed by the export: --to hf and --to gguf runs may share OUT
         if rec is None or rec.get("command") != cmd:  # other auto options: its old scores say nothing about this run
@@ -101,6 +107,13 @@ def main() -> None:
         with results_md.open("a") as f:
             f.write("\n" + md)
         print(f"appended to {results_md}")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:  # outside the working directory: as given
+        return str(path)
 
 
 def _report_dir(export: Path) -> Path:
