@@ -99,7 +99,7 @@ def main() -> None:
 
     title = f"--method auto, {Path(str(args.model)).name}, --to {args.to} (bench/auto_smollm2.py)"
     md = "\n".join([f"## {title}", ""] + sections) + f"\nMeasured {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC " \
-         f"({results_path}).\n"
+         f"({_relative(results_path)}).\n"
     (out / "auto.md").write_text(md)
     print(md)
     if args.append_results:
