@@ -68,7 +68,7 @@ def rule(runtime: str, spec: RopeSpec) -> Rule:
         return Rule("exact", "", "transformers/modeling_rope_utils.py ROPE_INIT_FUNCTIONS")
     if k == POSITION_MAP:
         return Rule("unsupported", "DPE / Self-Extend needs ropeconvert's attention: use transformers", "")
-    if local_rope(spec):
+    if keeps_local_rope(spec.base.arch):
         return _local_rope_rule(runtime, spec, MODEL_TYPES[spec.base.arch].gguf)
     if runtime == "vllm":
         if k == DYNAMIC:
@@ -138,11 +138,6 @@ def _gguf_refusal(spec: RopeSpec) -> str | None:
     except UnsupportedError as e:
         return e.problem
     return None
-
-
-def local_rope(spec: RopeSpec) -> bool:
-    """The spec's model keeps a rope of its own on its sliding layers (Gemma 3: formats/gemma3.py)."""
-    return keeps_local_rope(spec.base.arch)
 
 
 def _local_rope_rule(runtime: str, spec: RopeSpec, gguf_arch: str) -> Rule:

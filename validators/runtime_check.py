@@ -236,7 +236,7 @@ def _llamacpp(export: Path, spec, prompts, reference) -> dict[str, Any]:
 def check_runtimes(export: Path, runtimes: tuple[str, ...] = MEASURED, spec=None) -> dict[str, Any]:
     """{runtime: {rule, installed, short/edge/long (|Δ| vs transformers, or an error), match}} + the lengths."""
     from ropeconvert.convert.spec import POSITION_MAP
-    from ropeconvert.formats.runtimes import RUNTIMES, local_rope, rule
+    from ropeconvert.formats.runtimes import RUNTIMES, keeps_local_rope, rule  # the table's own, as the rule reads it
 
     export, spec = Path(export), spec or export_spec(Path(export))
     L = spec.original_context
@@ -255,7 +255,7 @@ def check_runtimes(export: Path, runtimes: tuple[str, ...] = MEASURED, spec=None
             row["skipped"] = "not installed (pip install 'ropeconvert[runtimes]')"
         elif spec.kind == POSITION_MAP and name != "transformers":  # the map lives in ropeconvert's attention
             row["skipped"] = f"not supported: {r.note}"
-        elif local_rope(spec):
+        elif keeps_local_rope(spec.base.arch):
             row["skipped"] = "per-layer-type ropes (Gemma 3) are not measured by check-runtimes yet"
         elif name in WHOLE_MODEL and not any(export.glob("*.safetensors")):
             row["skipped"] = "the export has no weights (config.json only)"
